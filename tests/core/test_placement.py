@@ -1,0 +1,217 @@
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from spawner.core import placement as placement_module
+from spawner.core.cluster import ClusterState
+from spawner.core.placement import POLICIES, UnknownPolicyError, get_policy
+from spawner.core.units import GPUShare, Placement, SliceRequest
+
+from .helpers import make_cluster_nodes, make_node
+
+
+def occupy(cluster, node, *millis):
+    shares = tuple(GPUShare(f"GPU-{node}-{i}", m, 0) for i, m in enumerate(millis) if m)
+    cluster.allocate(Placement(node, shares))
+
+
+def test_unknown_policy_names_the_choices():
+    with pytest.raises(UnknownPolicyError, match="default, fgd, best-fit, packing, spread"):
+        get_policy("first-fit")
+
+
+def test_best_fit_takes_the_tightest_gpu_on_the_fullest_node():
+    cluster = ClusterState(make_cluster_nodes(2, gpus=2))
+    occupy(cluster, "node1", 700, 300)
+    placement = get_policy("best-fit").place(cluster, SliceRequest(milli_gpu=250))
+    assert placement.node == "node1" and placement.gpu_uuids == ("GPU-node1-0",)
+
+
+def test_packing_prefers_a_used_gpu_then_a_used_node():
+    cluster = ClusterState(make_cluster_nodes(3, gpus=2))
+    occupy(cluster, "node2", 1000)
+    occupy(cluster, "node1", 0, 400)
+    packing = get_policy("packing")
+    assert packing.place(cluster, SliceRequest(milli_gpu=500)).gpu_uuids == ("GPU-node1-1",)
+    assert packing.place(cluster, SliceRequest(gpus=1)).node == "node2"
+
+
+def test_spread_takes_the_emptiest_node():
+    cluster = ClusterState(make_cluster_nodes(3, gpus=2))
+    occupy(cluster, "node0", 500)
+    occupy(cluster, "node1", 100)
+    assert get_policy("spread").place(cluster, SliceRequest(milli_gpu=100)).node == "node2"
+
+
+def test_fgd_keeps_a_gpu_whole_rather_than_splitting_it():
+    # The workload is all half-GPU slices: a 0.5 slice should go onto the half-used GPU, which
+    # leaves no fragment, instead of halving an idle GPU.
+    cluster = ClusterState(make_cluster_nodes(1, gpus=2))
+    occupy(cluster, "node0", 500)
+    fgd = get_policy("fgd", [(SliceRequest(milli_gpu=500), 1.0)])
+    assert fgd.place(cluster, SliceRequest(milli_gpu=500)).gpu_uuids == ("GPU-node0-0",)
+
+
+def test_fgd_avoids_stranding_a_gpu_that_the_workload_cannot_use():
+    # 0.6 slices are the workload; a 0.3 slice placed on an idle GPU would leave 0.7 (still fits a
+    # 0.6), but on the GPU with 0.6 free it would leave 0.3 that no 0.6 slice can use.
+    cluster = ClusterState(make_cluster_nodes(1, gpus=2))
+    occupy(cluster, "node0", 400)
+    fgd = get_policy("fgd", [(SliceRequest(milli_gpu=600), 1.0)])
+    assert fgd.place(cluster, SliceRequest(milli_gpu=300)).gpu_uuids == ("GPU-node0-1",)
+
+
+def test_default_breaks_fragmentation_ties_toward_the_fullest_node():
+    cluster = ClusterState(make_cluster_nodes(3, gpus=4))
+    occupy(cluster, "node2", 1000, 1000)
+    workload = [(SliceRequest(gpus=1), 1.0)]
+    # Taking any idle GPU adds the same fragmentation (none); FGD takes the first node, our
+    # default the fullest, which keeps node0 and node1 whole for 4-GPU gangs.
+    assert get_policy("fgd", workload).place(cluster, SliceRequest(gpus=1)).node == "node0"
+    assert get_policy("default", workload).place(cluster, SliceRequest(gpus=1)).node == "node2"
+
+
+def test_cpu_and_memory_are_honoured():
+    nodes = [make_node("small", gpus=2, cpu_milli=2000), make_node("big", gpus=2, cpu_milli=64000)]
+    for name in POLICIES:
+        cluster = ClusterState(nodes)
+        placement = get_policy(name).place(cluster, SliceRequest(milli_gpu=100, cpu_milli=8000))
+        assert placement.node == "big", name
+        assert get_policy(name).place(cluster, SliceRequest(gpus=1, memory_mib=10**7)) is None, name
+
+
+def test_fgd_learns_the_workload_when_none_is_given():
+    cluster = ClusterState(make_cluster_nodes(2, gpus=2))
+    policy = get_policy("default")
+    for _ in range(3):
+        placement = policy.place(cluster, SliceRequest(milli_gpu=500))
+        cluster.allocate(placement)
+    assert cluster.allocated_milli == 1500
+
+
+# --------------------------------------------------------------------- properties
+
+requests = st.one_of(
+    st.builds(
+        SliceRequest,
+        milli_gpu=st.sampled_from([100, 125, 250, 330, 500, 750, 900]),
+        cpu_milli=st.sampled_from([0, 1000, 8000]),
+        memory_mib=st.sampled_from([0, 4096]),
+        gpu_models=st.sampled_from([frozenset(), frozenset({"T4"}), frozenset({"A100-80GB", "T4"})]),
+    ),
+    st.builds(SliceRequest, gpus=st.sampled_from([1, 2, 4]), cpu_milli=st.sampled_from([0, 4000])),
+    st.builds(SliceRequest, cpu_milli=st.sampled_from([1000, 16000])),
+    st.builds(
+        SliceRequest, milli_gpu=st.sampled_from([200, 400]), gpu_memory_mib=st.sampled_from([1024, 20000])
+    ),
+)
+
+
+def mixed_nodes():
+    return [
+        make_node("a", gpus=4, cpu_milli=32000),
+        make_node("b", gpus=2, model="T4", memory_mib=15360, cpu_milli=16000),
+        make_node("c", gpus=8, cpu_milli=96000),
+        make_node(
+            "d", gpus=1, model="T4", memory_mib=15360, cpu_milli=8000, pools=frozenset({"dev", "train"})
+        ),
+    ]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    policy_name=st.sampled_from(list(POLICIES)),
+    steps=st.lists(st.tuples(requests, st.booleans(), st.integers(0, 50)), min_size=1, max_size=40),
+)
+def test_policies_never_overcommit_place_when_possible_and_release_exactly(policy_name, steps):
+    cluster = ClusterState(mixed_nodes())
+    pristine = (cluster.milli_free.copy(), cluster.gpu_memory_free.copy(), cluster.cpu_free.copy())
+    policy = get_policy(policy_name)
+    held = []
+    for request, release, pick in steps:
+        if release and held:
+            cluster.release(held.pop(pick % len(held)))
+            continue
+        possible = cluster.candidate_mask(request)
+        possible = possible.any(axis=1) if request.gpu_count else possible[:, 0]
+        placement = policy.place(cluster, request)
+        assert (placement is not None) == bool(possible.any())
+        if placement is None:
+            continue
+        assert len(placement.shares) == request.gpu_count
+        assert len(set(placement.gpu_uuids)) == len(placement.shares)
+        cluster.allocate(placement)  # raises CapacityError if the policy overcommitted anything
+        held.append(placement)
+        assert (cluster.milli_free >= 0).all() and (cluster.gpu_memory_free >= 0).all()
+        assert (cluster.cpu_free >= 0).all() and (cluster.memory_free >= 0).all()
+    for placement in held:
+        cluster.release(placement)
+    assert np.array_equal(cluster.milli_free, pristine[0])
+    assert np.array_equal(cluster.gpu_memory_free, pristine[1])
+    assert np.array_equal(cluster.cpu_free, pristine[2])
+
+
+def naive_fragmentation(cluster, row, mix):
+    """The FGD measure exactly as the paper states it, one task type and one GPU at a time."""
+    total = 0.0
+    weight_sum = sum(w for r, w in mix if r.gpu_count)
+    free = [
+        int(cluster.milli_free[row, s]) for s in range(cluster.present.shape[1]) if cluster.present[row, s]
+    ]
+    node = cluster.nodes[row]
+    for request, weight in mix:
+        if not request.gpu_count:
+            continue
+        usable = [
+            request.allows(gpu) and f >= request.per_gpu_milli for gpu, f in zip(node.gpus, free, strict=True)
+        ]
+        fits = (
+            cluster.cpu_free[row] >= request.cpu_milli
+            and cluster.memory_free[row] >= request.memory_mib
+            and sum(usable) >= request.gpu_count
+        )
+        fragment = sum(f for f, ok in zip(free, usable, strict=True) if not ok) if fits else sum(free)
+        total += weight / weight_sum * fragment
+    return total
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(requests, min_size=1, max_size=30), probe=requests)
+def test_cached_fragmentation_moves_match_a_naive_recomputation(steps, probe):
+    mix = [(request, 1.0 + i % 3) for i, request in enumerate(steps + [probe])]
+    cluster = ClusterState(mixed_nodes())
+    policy = get_policy("fgd", mix)
+    for request in steps:
+        placement = policy.place(cluster, request)
+        if placement is not None:
+            cluster.allocate(placement)
+    cache = policy._cache(cluster, probe)
+    change, _ = cache.best_moves(probe)
+    cache.refresh_aggregates()
+    for row in range(len(cluster.nodes)):
+        assert cache.fragmentation[row] == pytest.approx(naive_fragmentation(cluster, row, mix), abs=1e-6)
+    fresh = placement_module._FragmentationCache(cluster, cache.types)
+    fresh_change, _ = fresh.best_moves(probe)
+    assert np.allclose(change, fresh_change, equal_nan=True)
+    # And every finite move really is the change of the naive measure after that move.
+    for row in np.flatnonzero(np.isfinite(change)):
+        before = naive_fragmentation(cluster, row, mix)
+        trial = ClusterState(mixed_nodes())
+        trial.milli_free[:] = cluster.milli_free
+        trial.gpu_memory_free[:] = cluster.gpu_memory_free
+        trial.cpu_free[:] = cluster.cpu_free
+        trial.memory_free[:] = cluster.memory_free
+        slots = np.flatnonzero(trial.candidate_mask(probe)[row])
+        options = [[s] for s in slots] if probe.is_fractional else [list(slots)] if probe.gpu_count else [[]]
+        best = min(naive_after(trial, row, option, probe, mix) for option in options)
+        assert change[row] == pytest.approx(best - before, abs=1e-6)
+
+
+def naive_after(cluster, row, slots, request, mix):
+    placement = cluster.placement_for(row, slots, request)
+    cluster.allocate(placement)
+    try:
+        return naive_fragmentation(cluster, row, mix)
+    finally:
+        cluster.release(placement)

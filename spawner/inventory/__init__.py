@@ -1,0 +1,33 @@
+"""Where GPUs come from: NVML on this host, a static YAML file, simulated demo GPUs, or Kubernetes.
+
+Every source answers with ``list[spawner.core.units.Node]``; :class:`Inventory` picks the source
+from configuration. Nothing here allocates: the allocator in ``spawner/service`` owns the GPUs.
+"""
+
+from .base import POOL_LABEL, SOURCE_LABEL, InventoryConfigError, PoolRule, parse_pools
+from .gpu_names import normalise_model
+from .inventory import Inventory
+from .kube import nodes_from_kube, parse_quantity
+from .nvml import GPUUtilisation, NvmlDevice, read_devices, read_utilisation, read_utilisation_async
+from .simulated import simulated_nodes
+from .static import load_static, parse_static
+
+__all__ = [
+    "GPUUtilisation",
+    "Inventory",
+    "InventoryConfigError",
+    "NvmlDevice",
+    "POOL_LABEL",
+    "PoolRule",
+    "SOURCE_LABEL",
+    "load_static",
+    "nodes_from_kube",
+    "normalise_model",
+    "parse_pools",
+    "parse_quantity",
+    "parse_static",
+    "read_devices",
+    "read_utilisation",
+    "read_utilisation_async",
+    "simulated_nodes",
+]

@@ -1,0 +1,176 @@
+"""The configurable front the hub and the service use: one place that decides where GPUs come from.
+
+``source = "auto"`` is what a fresh install wants: real GPUs when the driver sees some, else the
+admin's static file, else simulated demo GPUs, each choice logged, so the same ``hub_config.py``
+runs on a GPU server and on a laptop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from traitlets import CaselessStrEnum, Dict, Int, List, TraitError, Unicode, Union, validate
+from traitlets.config import Configurable
+
+from spawner.core.units import Node
+
+from . import nvml, simulated, static
+from .base import InventoryConfigError, PoolRule, log, parse_pools
+
+
+class Inventory(Configurable):
+    """Where the allocator's GPUs come from, configured as ``c.Inventory.*``."""
+
+    source = CaselessStrEnum(
+        ["auto", "nvml", "static", "simulated"],
+        default_value="auto",
+        help="""
+        Where GPUs come from.
+
+        - "nvml": this host's NVIDIA GPUs, read through NVML; none if the driver is missing.
+        - "static": the YAML file in `static_path` (for GPUs the hub cannot see itself).
+        - "simulated": demo GPUs on this host, labelled simulated, for machines without a GPU.
+        - "auto": NVML; if it finds no GPU, the static file when `static_path` is set, else
+          simulated demo GPUs.
+        """,
+    ).tag(config=True)
+
+    node_name = Unicode(
+        "",
+        help="""
+        Node name for GPUs found on this host (NVML and simulated). Empty means the host name.
+        """,
+    ).tag(config=True)
+
+    static_path = Unicode(
+        "",
+        help="""
+        Path of the static inventory YAML (see profiles/gpus.example.yaml), used when `source`
+        is "static", and by "auto" when NVML finds no GPU.
+        """,
+    ).tag(config=True)
+
+    default_pools = List(
+        Unicode(),
+        default_value=["dev"],
+        help="""
+        Pools that GPUs found by NVML (or simulated) join unless `train_gpu_indices` or
+        `gpu_pools` say otherwise: any of "dev", "train", or ["dev", "train"] for both.
+        """,
+    ).tag(config=True)
+
+    train_gpu_indices = List(
+        Int(min=0),
+        help="""
+        Indices of this host's GPUs reserved for training (pool "train"), e.g. [4, 5, 6, 7]
+        to slice GPUs 0-3 for notebooks and queue batch jobs on the rest.
+        """,
+    ).tag(config=True)
+
+    gpu_pools = Dict(
+        key_trait=Unicode(),
+        value_trait=Union([Unicode(), List(Unicode())]),
+        help="""
+        Pools of individual GPUs, by uuid or by index (as a string): e.g.
+        {"GPU-5c1f...": "train", "3": ["dev", "train"]}. Takes precedence over
+        `train_gpu_indices` and `default_pools`. "both" means dev and train.
+        """,
+    ).tag(config=True)
+
+    simulated_gpu_count = Int(
+        simulated.DEFAULT_COUNT,
+        min=1,
+        help="How many simulated demo GPUs to serve when the source is (or falls back to) simulated.",
+    ).tag(config=True)
+
+    simulated_gpu_model = Unicode(
+        simulated.DEFAULT_MODEL,
+        help="""
+        Model of the simulated demo GPUs; " (simulated)" is appended so that it is never shown
+        as a real card.
+        """,
+    ).tag(config=True)
+
+    simulated_gpu_memory_mib = Int(
+        simulated.DEFAULT_MEMORY_MIB,
+        min=1,
+        help="Memory of each simulated demo GPU, in MiB.",
+    ).tag(config=True)
+
+    @validate("default_pools")
+    def _valid_default_pools(self, proposal):
+        try:
+            parse_pools(proposal.value)
+        except ValueError as error:
+            raise TraitError(f"Inventory.default_pools: {error}") from error
+        return proposal.value
+
+    @validate("gpu_pools")
+    def _valid_gpu_pools(self, proposal):
+        for gpu, pools in proposal.value.items():
+            try:
+                parse_pools(pools)
+            except ValueError as error:
+                raise TraitError(f"Inventory.gpu_pools[{gpu!r}]: {error}") from error
+        return proposal.value
+
+    @property
+    def pool_rule(self) -> PoolRule:
+        """The pools of discovered GPUs as configured: per-GPU choices, then the default."""
+        by_gpu = {str(index): frozenset({"train"}) for index in self.train_gpu_indices}
+        by_gpu.update({gpu: parse_pools(pools) for gpu, pools in self.gpu_pools.items()})
+        return PoolRule(default=parse_pools(self.default_pools), by_gpu=by_gpu)
+
+    def discover(self) -> list[Node]:
+        """The nodes and GPUs from the configured source; blocks on NVML and file reads.
+
+        Raises :class:`InventoryConfigError` when the static file is needed and is unusable, since
+        an admin who wrote one wants to hear about its mistakes rather than get demo GPUs.
+        """
+        if self.source == "nvml":
+            return self._nvml()
+        if self.source == "static":
+            return self._static()
+        if self.source == "simulated":
+            return self._simulated()
+        nodes = self._nvml()
+        if any(node.gpus for node in nodes):
+            return nodes
+        if self.static_path:
+            log.info("NVML found no GPU on this host; using the static GPU inventory in %s", self.static_path)
+            return self._static()
+        log.warning(
+            "NVML found no GPU on this host and Inventory.static_path is not set: serving %d simulated "
+            "%s GPUs so that the hub can be tried out. They do no real work; set Inventory.source to "
+            "silence this.",
+            self.simulated_gpu_count,
+            simulated.simulated_model_name(self.simulated_gpu_model),
+        )
+        return self._simulated()
+
+    async def discover_async(self) -> list[Node]:
+        """:meth:`discover` in a worker thread, so the service's event loop is never blocked."""
+        return await asyncio.to_thread(self.discover)
+
+    def _nvml(self) -> list[Node]:
+        return nvml.discover(node_name=self.node_name or None, pools=self.pool_rule)
+
+    def _static(self) -> list[Node]:
+        if not self.static_path:
+            raise InventoryConfigError(
+                "Inventory",
+                [
+                    'Inventory.source is "static" but Inventory.static_path is not set; '
+                    "point it at a YAML file such as profiles/gpus.example.yaml"
+                ],
+            )
+        return static.load_static(self.static_path)
+
+    def _simulated(self) -> list[Node]:
+        return simulated.simulated_nodes(
+            node_name=self.node_name or None,
+            count=self.simulated_gpu_count,
+            model=self.simulated_gpu_model,
+            memory_mib=self.simulated_gpu_memory_mib,
+            pools=self.pool_rule,
+        )

@@ -1,0 +1,181 @@
+"""GPUs of a Kubernetes cluster, read from its v1 Node objects and GPU feature-discovery labels.
+
+NVIDIA's GPU feature discovery labels every GPU node with ``nvidia.com/gpu.count``,
+``nvidia.com/gpu.product`` and ``nvidia.com/gpu.memory`` (MiB); those, not the
+``nvidia.com/gpu`` resource count, say what the cards are, since time-slicing multiplies the
+resource count by its replicas. This module is a pure function of the Node JSON so that the
+service's Kubernetes watcher, the tests and offline tools all read nodes the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from spawner.core.units import DEFAULT_POOLS, GPU, Node
+
+from .base import POOL_LABEL, SOURCE_LABEL, log, parse_pools
+from .gpu_names import normalise_model
+
+GPU_COUNT_LABEL = "nvidia.com/gpu.count"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+MIG_CAPABLE_LABEL = "nvidia.com/mig.capable"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+MIB = 1024 * 1024
+
+_SUFFIXES = {
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    "k": Decimal(10) ** 3,
+    "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15,
+    "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10,
+    "Mi": Decimal(2) ** 20,
+    "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50,
+    "Ei": Decimal(2) ** 60,
+}
+_QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)([a-zA-Z]*)$")
+
+
+def parse_quantity(quantity: str | int | float) -> Decimal:
+    """A Kubernetes resource quantity ('63500m', '515948Mi', '1e9', '64') as a plain number."""
+    match = _QUANTITY.match(str(quantity).strip())
+    if not match or match.group(2) not in _SUFFIXES:
+        raise ValueError(f"{quantity!r} is not a Kubernetes quantity")
+    try:
+        return Decimal(match.group(1)) * _SUFFIXES[match.group(2)]
+    except InvalidOperation as error:
+        raise ValueError(f"{quantity!r} is not a Kubernetes quantity") from error
+
+
+def kube_uuid(node_name: str, index: int) -> str:
+    """A stable placeholder uuid: Node objects do not carry GPU UUIDs, only counts and models."""
+    return f"GPU-kube-{node_name}-{index}"
+
+
+def nodes_from_kube(
+    node_objects: Iterable[Mapping[str, Any]],
+    *,
+    pool_label: str = POOL_LABEL,
+    default_pools: frozenset[str] = DEFAULT_POOLS,
+    include_unschedulable: bool = False,
+) -> list[Node]:
+    """Nodes (with their GPUs) from the JSON of v1 Node objects, e.g. a NodeList's ``items``.
+
+    Cordoned nodes are left out unless ``include_unschedulable``, so nothing new is placed on a
+    node being drained. A node whose GPU labels cannot be read keeps its CPU and memory but no
+    GPUs, with a warning naming the label; one odd node must not hide the rest of the cluster.
+    """
+    nodes = []
+    for node_object in node_objects:
+        metadata = node_object.get("metadata", {})
+        name = metadata.get("name", "")
+        if not name:
+            log.warning("a Kubernetes Node object without metadata.name was left out of the inventory")
+            continue
+        if node_object.get("spec", {}).get("unschedulable") and not include_unschedulable:
+            continue
+        labels = dict(metadata.get("labels") or {})
+        status = node_object.get("status", {})
+        resources = {**(status.get("capacity") or {}), **(status.get("allocatable") or {})}
+        pools = _pools(name, labels, pool_label, default_pools)
+        nodes.append(
+            Node(
+                name=name,
+                cpu_milli=_resource(name, resources, "cpu", 1000),
+                memory_mib=_resource(name, resources, "memory", Decimal(1) / MIB),
+                gpus=_gpus(name, labels, status, pools),
+                labels={**labels, SOURCE_LABEL: "kubernetes"},
+            )
+        )
+    return nodes
+
+
+def _resource(node: str, resources: Mapping[str, Any], key: str, scale: int | Decimal) -> int:
+    """Allocatable (else capacity) ``key`` times ``scale``, rounded down; 0 when unreadable."""
+    if key not in resources:
+        return 0
+    try:
+        return int(parse_quantity(resources[key]) * scale)
+    except ValueError:
+        log.warning("node %s: %s %r is not a Kubernetes quantity; counted as 0", node, key, resources[key])
+        return 0
+
+
+def _pools(node: str, labels: Mapping[str, str], pool_label: str, default: frozenset[str]) -> frozenset[str]:
+    if pool_label not in labels:
+        return default
+    try:
+        return parse_pools(labels[pool_label])
+    except ValueError as error:
+        log.warning(
+            "node %s: label %s=%r: %s; its GPUs join the default pools %s",
+            node,
+            pool_label,
+            labels[pool_label],
+            error,
+            ", ".join(sorted(default)),
+        )
+        return default
+
+
+def _positive_int_label(node: str, labels: Mapping[str, str], label: str) -> int | None:
+    value = labels.get(label)
+    if value is not None and value.isdigit() and int(value) > 0:
+        return int(value)
+    log.warning(
+        "node %s: label %s=%r is not a positive integer; the node's GPUs are left out of the inventory",
+        node,
+        label,
+        value,
+    )
+    return None
+
+
+def _gpus(
+    node: str, labels: Mapping[str, str], status: Mapping[str, Any], pools: frozenset[str]
+) -> tuple[GPU, ...]:
+    if GPU_COUNT_LABEL not in labels:
+        advertised = (status.get("capacity") or {}).get(GPU_RESOURCE)
+        if advertised not in (None, "0", 0):
+            log.warning(
+                "node %s advertises %s=%s but has no GPU feature-discovery labels (%s); its GPUs are "
+                "left out of the inventory until gpu-feature-discovery runs on it",
+                node,
+                GPU_RESOURCE,
+                advertised,
+                GPU_COUNT_LABEL,
+            )
+        return ()
+    count = _positive_int_label(node, labels, GPU_COUNT_LABEL)
+    memory_mib = _positive_int_label(node, labels, GPU_MEMORY_LABEL) if count else None
+    if count is None or memory_mib is None:
+        return ()
+    raw_product = labels.get(GPU_PRODUCT_LABEL, "unknown")
+    model = normalise_model(raw_product)
+    # Under the "single" MIG strategy each advertised GPU is a MIG instance, which cannot be split again.
+    is_mig_instance = "-MIG-" in raw_product.upper()
+    mig_capable = labels.get(MIG_CAPABLE_LABEL) == "true" and not is_mig_instance
+    return tuple(
+        GPU(
+            uuid=kube_uuid(node, index),
+            node=node,
+            index=index,
+            model=model,
+            memory_mib=memory_mib,
+            pools=pools,
+            mig_capable=mig_capable,
+        )
+        for index in range(count)
+    )

@@ -1,0 +1,62 @@
+"""Demo GPUs for a machine that has none, so the hub, the slices and the queue can be tried out.
+
+Everything about them says so: the model name ends in "(simulated)", every GPU has
+``simulated=True`` and a uuid starting "GPU-sim-", and the node is labelled as a simulated source.
+No page, log line or lease can then pass a demo GPU off as a real one.
+"""
+
+from __future__ import annotations
+
+from spawner.core.units import GPU, Node
+
+from . import host
+from .base import SOURCE_LABEL, PoolRule
+
+DEFAULT_COUNT = 4
+DEFAULT_MODEL = "A100-80GB"
+DEFAULT_MEMORY_MIB = 81920
+SIMULATED_SUFFIX = " (simulated)"
+UUID_PREFIX = "GPU-sim-"
+
+
+def simulated_model_name(model: str) -> str:
+    """``'A100-80GB'`` -> ``'A100-80GB (simulated)'``; a name already saying so is kept."""
+    return model if "simulated" in model.lower() else f"{model}{SIMULATED_SUFFIX}"
+
+
+def simulated_nodes(
+    *,
+    node_name: str | None = None,
+    count: int = DEFAULT_COUNT,
+    model: str = DEFAULT_MODEL,
+    memory_mib: int = DEFAULT_MEMORY_MIB,
+    pools: PoolRule | None = None,
+) -> list[Node]:
+    """This host as one node holding ``count`` simulated GPUs, with the host's real CPU and memory."""
+    if count < 1:
+        raise ValueError(f"simulated GPUs: count must be 1 or more, got {count}")
+    name = node_name or host.host_name()
+    rule = pools or PoolRule()
+    shown_model = simulated_model_name(model)
+    gpus = []
+    for index in range(count):
+        uuid = f"{UUID_PREFIX}{name}-{index}"
+        gpus.append(
+            GPU(
+                uuid=uuid,
+                node=name,
+                index=index,
+                model=shown_model,
+                memory_mib=memory_mib,
+                pools=rule.pools_for(index, uuid),
+                simulated=True,
+            )
+        )
+    node = Node(
+        name=name,
+        cpu_milli=host.cpu_milli(),
+        memory_mib=host.memory_mib(),
+        gpus=tuple(gpus),
+        labels={SOURCE_LABEL: "simulated"},
+    )
+    return [node]

@@ -1,0 +1,125 @@
+"""The ``gpuslice`` command: the simulator today; profiles and jobs join it as they are built."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from spawner.core.placement import POLICIES, UnknownPolicyError
+
+
+def _policy_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in POLICIES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown policy {', '.join(unknown) or '(none)'}; choose from {', '.join(POLICIES)}"
+        )
+    return names
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _sim_place(args: argparse.Namespace) -> int:
+    from spawner.sim.openb import TraceError, load_nodes, load_pods
+    from spawner.sim.paths import OPENB_NODES, openb_file, openb_pods
+    from spawner.sim.replay import compare
+
+    nodes_path = Path(args.nodes) if args.nodes else openb_file(OPENB_NODES)
+    pods_path = Path(args.pods) if args.pods else openb_pods("default")
+    for path, flag in ((nodes_path, "--nodes"), (pods_path, "--pods")):
+        if not path.is_file():
+            print(f"gpuslice sim place: {path} not found; pass {flag} CSV", file=sys.stderr)
+            return 2
+    try:
+        nodes = load_nodes(nodes_path)
+        pods = load_pods(pods_path)
+    except TraceError as error:
+        print(f"gpuslice sim place: {error}", file=sys.stderr)
+        return 2
+    summary = compare(nodes, pods, args.policy, seeds=args.seeds, workers=args.workers)
+    if args.json:
+        print(
+            json.dumps(
+                {"policies": summary, "trace": str(pods_path), "nodes": str(nodes_path), "seeds": args.seeds},
+                indent=2,
+            )
+        )
+        return 0
+    total_gpus = sum(len(node.gpus) for node in nodes)
+    print(
+        f"trace {pods_path.name}: {len(pods)} tasks on {len(nodes)} nodes, {total_gpus} GPUs; "
+        f"{args.seeds} seed(s), inflated to 130% of GPU capacity"
+    )
+    baseline = summary.get("fgd")
+    header = (
+        f"{'policy':<10} {'alloc@100%':>10} {'alloc final':>11} {'unalloc GPUs':>12} "
+        f"{'decisions/s':>11} {'unalloc vs fgd':>14}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, figures in summary.items():
+        versus = ""
+        if baseline and baseline["unallocated_gpus_final"]:
+            versus = f"{figures['unallocated_gpus_final'] / baseline['unallocated_gpus_final']:.3f}x"
+        print(
+            f"{name:<10} {figures['alloc_ratio_at_100']:>10.4f} {figures['alloc_ratio_final']:>11.4f} "
+            f"{figures['unallocated_gpus_final']:>12.1f} {figures['decisions_per_s']:>11.0f} {versus:>14}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpuslice", description="jupyterhub-gpuslice command line")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sim = commands.add_parser("sim", help="replay traces against the placement policies")
+    sim_commands = sim.add_subparsers(dest="sim_command", required=True)
+    place = sim_commands.add_parser(
+        "place",
+        help="replay an openb pod list (FGD paper method) and compare placement policies",
+        description="Tasks arrive one by one in a seeded random order, never leave, and are dropped "
+        "when they fit nowhere; the workload is resampled until it asks for 130%% of the cluster's GPUs.",
+    )
+    place.add_argument("--nodes", help="node list CSV (default: the shared openb GPU node list)")
+    place.add_argument("--pods", help="pod list CSV (default: the shared openb default trace)")
+    place.add_argument(
+        "--policy",
+        type=_policy_list,
+        default=list(POLICIES),
+        help=f"comma-separated policies (default: all: {','.join(POLICIES)})",
+    )
+    place.add_argument(
+        "--seeds", type=_positive, default=5, help="arrival orders to average over (default 5)"
+    )
+    place.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        help="processes to run replays in (default: one per CPU core)",
+    )
+    place.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    place.set_defaults(handler=_sim_place)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UnknownPolicyError as error:
+        parser.error(str(error))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Where the shared openb traces live: beside the repository, never copied into it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OPENB_ENV = "GPUSLICE_OPENB_DIR"
+
+
+def openb_dir() -> Path:
+    """``$GPUSLICE_OPENB_DIR``, else ``../shared/data/openb`` from the repository root."""
+    configured = os.environ.get(OPENB_ENV)
+    return Path(configured) if configured else REPO_ROOT.parent / "shared" / "data" / "openb"
+
+
+def openb_file(name: str) -> Path:
+    return openb_dir() / name
+
+
+OPENB_NODES = "openb_node_list_gpu_node.csv"
+OPENB_TRACES = ("default", "gpushare40", "gpuspec20", "multigpu30")
+
+
+def openb_pods(trace: str) -> Path:
+    return openb_file(f"openb_pod_list_{trace}.csv")

@@ -1,0 +1,208 @@
+"""The ledger's tables, and how their rows turn into the shared units and back.
+
+Rows are never handed out of the ledger: callers get ``core.units`` values, so nothing outside
+this package depends on a session being open or an attribute being loaded.
+
+Nodes and GPUs are never deleted, only marked absent, because a lease may still point at a GPU
+that vanished from the inventory (a node rebooting, a card falling off the bus); the lease stays
+and is reported until its holder releases it. Times are Unix seconds as floats, as in
+``core.units.Lease``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from ..core.units import GPU, GPUShare, Lease, Node, Placement, SliceRequest, WorkloadClass
+
+NAME = String(255)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {int: BigInteger, str: NAME, float: Float(precision=53)}
+
+
+class NodeRow(Base):
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(primary_key=True)
+    cpu_milli: Mapped[int]
+    memory_mib: Mapped[int]
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    present: Mapped[bool] = mapped_column(default=True)
+
+
+class GPURow(Base):
+    __tablename__ = "gpus"
+
+    uuid: Mapped[str] = mapped_column(primary_key=True)
+    node: Mapped[str] = mapped_column(ForeignKey("nodes.name"), index=True)
+    index: Mapped[int]
+    model: Mapped[str]
+    memory_mib: Mapped[int]
+    pools: Mapped[list[str]] = mapped_column(JSON)
+    mig_capable: Mapped[bool]
+    simulated: Mapped[bool]
+    present: Mapped[bool] = mapped_column(default=True)
+
+    def to_gpu(self) -> GPU:
+        return GPU(
+            uuid=self.uuid,
+            node=self.node,
+            index=self.index,
+            model=self.model,
+            memory_mib=self.memory_mib,
+            pools=frozenset(self.pools),
+            mig_capable=self.mig_capable,
+            simulated=self.simulated,
+        )
+
+    def update_from(self, gpu: GPU) -> None:
+        self.node = gpu.node
+        self.index = gpu.index
+        self.model = gpu.model
+        self.memory_mib = gpu.memory_mib
+        self.pools = sorted(gpu.pools)
+        self.mig_capable = gpu.mig_capable
+        self.simulated = gpu.simulated
+        self.present = True
+
+
+class LeaseRow(Base):
+    """One grant. Its primary key is the caller's idempotency key, so a retry finds it."""
+
+    __tablename__ = "leases"
+
+    id: Mapped[str] = mapped_column(primary_key=True)
+    holder: Mapped[str]
+    user: Mapped[str] = mapped_column("user_name", index=True)
+    group: Mapped[str | None] = mapped_column("group_name", index=True)
+    workload: Mapped[str] = mapped_column(String(16))
+    policy_name: Mapped[str] = mapped_column(String(64))
+    preemptible: Mapped[bool]
+    # The request, kept whole so that a retry under the same id can be compared with it.
+    milli_gpu: Mapped[int]
+    gpus: Mapped[int]
+    gpu_memory_mib: Mapped[int | None]
+    request_cpu_milli: Mapped[int]
+    request_memory_mib: Mapped[int]
+    gpu_models: Mapped[list[str]] = mapped_column(JSON)
+    pool: Mapped[str | None]
+    # Where it went.
+    node: Mapped[str] = mapped_column(ForeignKey("nodes.name"))
+    cpu_milli: Mapped[int]
+    memory_mib: Mapped[int]
+    created_at: Mapped[float]
+    released_at: Mapped[float | None]
+
+    shares: Mapped[list[LeaseShareRow]] = relationship(
+        order_by="LeaseShareRow.position", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    __table_args__ = (Index("ix_leases_live", "released_at"),)
+
+    @classmethod
+    def from_lease(cls, lease: Lease, policy_name: str) -> LeaseRow:
+        request, placement = lease.request, lease.placement
+        return cls(
+            id=lease.id,
+            holder=lease.holder,
+            user=lease.user,
+            group=lease.group,
+            workload=lease.workload.value,
+            policy_name=policy_name,
+            preemptible=lease.preemptible,
+            milli_gpu=request.milli_gpu,
+            gpus=request.gpus,
+            gpu_memory_mib=request.gpu_memory_mib,
+            request_cpu_milli=request.cpu_milli,
+            request_memory_mib=request.memory_mib,
+            gpu_models=sorted(request.gpu_models),
+            pool=request.pool,
+            node=placement.node,
+            cpu_milli=placement.cpu_milli,
+            memory_mib=placement.memory_mib,
+            created_at=lease.created_at,
+            released_at=None,
+            shares=[
+                LeaseShareRow(
+                    position=position,
+                    gpu_uuid=share.gpu_uuid,
+                    milli_gpu=share.milli_gpu,
+                    memory_mib=share.memory_mib,
+                )
+                for position, share in enumerate(placement.shares)
+            ],
+        )
+
+    def to_request(self) -> SliceRequest:
+        return SliceRequest(
+            milli_gpu=self.milli_gpu,
+            gpus=self.gpus,
+            gpu_memory_mib=self.gpu_memory_mib,
+            cpu_milli=self.request_cpu_milli,
+            memory_mib=self.request_memory_mib,
+            gpu_models=frozenset(self.gpu_models),
+            pool=self.pool,
+        )
+
+    def to_placement(self) -> Placement:
+        return Placement(
+            node=self.node,
+            shares=tuple(
+                GPUShare(gpu_uuid=share.gpu_uuid, milli_gpu=share.milli_gpu, memory_mib=share.memory_mib)
+                for share in self.shares
+            ),
+            cpu_milli=self.cpu_milli,
+            memory_mib=self.memory_mib,
+        )
+
+    def to_lease(self) -> Lease:
+        return Lease(
+            id=self.id,
+            holder=self.holder,
+            user=self.user,
+            group=self.group,
+            workload=WorkloadClass(self.workload),
+            request=self.to_request(),
+            placement=self.to_placement(),
+            created_at=self.created_at,
+            preemptible=self.preemptible,
+        )
+
+
+class LeaseShareRow(Base):
+    __tablename__ = "lease_shares"
+
+    lease_id: Mapped[str] = mapped_column(ForeignKey("leases.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(primary_key=True)
+    gpu_uuid: Mapped[str] = mapped_column(ForeignKey("gpus.uuid"), index=True)
+    milli_gpu: Mapped[int]
+    memory_mib: Mapped[int]
+
+
+class GPUUsageRow(Base):
+    """GPU-seconds spent by one user or group on one workload class in one accounting week.
+
+    Kept apart from the leases so that weekly budgets stay cheap to read (one row per holder and
+    week, however many leases) and survive pruning of old leases.
+    """
+
+    __tablename__ = "gpu_usage"
+
+    holder_kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    holder: Mapped[str] = mapped_column(primary_key=True)
+    workload: Mapped[str] = mapped_column(String(16), primary_key=True)
+    week_start: Mapped[int] = mapped_column(primary_key=True)
+    gpu_seconds: Mapped[float]
+
+
+def node_from_rows(node: NodeRow, gpus: list[GPURow]) -> Node:
+    return Node(
+        name=node.name,
+        cpu_milli=node.cpu_milli,
+        memory_mib=node.memory_mib,
+        gpus=tuple(gpu.to_gpu() for gpu in gpus),
+        labels=dict(node.labels),
+    )

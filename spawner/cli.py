@@ -1,4 +1,4 @@
-"""The ``gpuslice`` command: the simulator today; profiles and jobs join it as they are built."""
+"""The ``gpuslice`` command: the simulator and profile checks today; jobs join it as they are built."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spawner.core.placement import POLICIES, UnknownPolicyError
+
+if TYPE_CHECKING:
+    from spawner.hub.profiles import ProfileSet
 
 
 def _policy_list(text: str) -> list[str]:
@@ -77,6 +81,99 @@ def _sim_place(args: argparse.Namespace) -> int:
     return 0
 
 
+PROFILES_DIR = Path("profiles")
+REPO_PROFILES_DIR = Path(__file__).resolve().parents[1] / "profiles"
+
+
+def _profiles_dir(given: str | None) -> Path:
+    """The directory named, else ./profiles, else the repository's profiles/ (the shipped examples)."""
+    if given:
+        return Path(given)
+    return PROFILES_DIR if PROFILES_DIR.is_dir() else REPO_PROFILES_DIR
+
+
+def _load_profiles_or_report(args: argparse.Namespace) -> ProfileSet | None:
+    """The directory's ProfileSet, or ``None`` after printing every problem to stderr."""
+    from spawner.hub.profiles import ProfileConfigError, load_profiles
+
+    directory = _profiles_dir(args.directory)
+    try:
+        return load_profiles(directory)
+    except ProfileConfigError as error:
+        for line in error.errors:
+            print(line, file=sys.stderr)
+        count = len(error.errors)
+        print(
+            f"gpuslice profiles: {count} problem{'s' if count > 1 else ''} in {directory}",
+            file=sys.stderr,
+        )
+        return None
+
+
+def _profiles_check(args: argparse.Namespace) -> int:
+    profile_set = _load_profiles_or_report(args)
+    if profile_set is None:
+        return 1
+    print(
+        f"ok: {len(profile_set)} profiles, {profile_set.quota_entries} quota entries "
+        f"in {profile_set.directory}"
+    )
+    return 0
+
+
+def _profiles_list(args: argparse.Namespace) -> int:
+    profile_set = _load_profiles_or_report(args)
+    if profile_set is None:
+        return 1
+    rows = [
+        {
+            "slug": profile.slug,
+            "display_name": profile.display_name,
+            "milli_gpu": profile.milli_gpu,
+            "gpus": profile.gpus,
+            "groups": sorted(profile.groups),
+        }
+        for profile in profile_set
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [("slug", "display name", "milli-GPU", "whole GPUs", "groups")]
+    for row in rows:
+        table.append(
+            (
+                row["slug"],
+                row["display_name"],
+                str(row["milli_gpu"] or "-"),
+                str(row["gpus"] or "-"),
+                ", ".join(row["groups"]) or "everyone",
+            )
+        )
+    widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
+    for number, line in enumerate(table):
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+        if number == 0:
+            print("  ".join("-" * width for width in widths))
+    return 0
+
+
+def add_profiles_commands(commands: argparse._SubParsersAction) -> None:
+    """``gpuslice profiles check|list``: what an admin runs after editing profiles/*.yaml."""
+    profiles = commands.add_parser("profiles", help="check and list the profiles and quotas")
+    profile_commands = profiles.add_subparsers(dest="profiles_command", required=True)
+    directory_help = "the profiles directory (default: ./profiles, else the repository's profiles/)"
+    check = profile_commands.add_parser(
+        "check",
+        help="validate every profiles/*.yaml file and report each problem with its file and line",
+    )
+    check.add_argument("directory", nargs="?", help=directory_help)
+    check.set_defaults(handler=_profiles_check)
+    listing = profile_commands.add_parser("list", help="show the profiles users can choose from")
+    listing.add_argument("directory", nargs="?", help=directory_help)
+    listing.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    listing.set_defaults(handler=_profiles_list)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpuslice", description="jupyterhub-gpuslice command line")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     place.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     place.set_defaults(handler=_sim_place)
+
+    add_profiles_commands(commands)
     return parser
 
 

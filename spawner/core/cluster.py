@@ -216,9 +216,11 @@ class ClusterState:
                     f"no {pool}GPU has {describe_milli(request.milli_gpu)} of a GPU free for {what} "
                     f"(the emptiest has {describe_milli(most) if most else 'nothing'} free)"
                 )
+            wanted = "a whole" if request.gpus == 1 else f"{request.gpus} whole"
+            plural = "" if request.gpus == 1 else "s"
             return (
-                f"no node has {request.gpus} whole {pool}GPUs free for {what} "
-                f"({free_gpus} whole GPUs are free in all, spread over several nodes or none)"
+                f"no node has {wanted} {pool}GPU{plural} free for {what} "
+                f"({free_gpus} whole GPU{'' if free_gpus == 1 else 's'} free in the whole cluster)"
             )
         if not host_ok.any():
             return f"no node has {request.cpu_milli} milli-CPU and {request.memory_mib} MiB memory free"

@@ -53,6 +53,15 @@ class GPU:
             raise ValueError(f"GPU {self.uuid}: it must belong to at least one pool")
         object.__setattr__(self, "pools", frozenset(self.pools))
 
+    @property
+    def label(self) -> str:
+        """The model as people should see it: a simulated demo GPU always says so.
+
+        ``model`` itself stays the plain name, so that a profile asking for "A100-80GB" matches
+        the demo A100s of the quick start exactly as it would match real ones.
+        """
+        return f"{self.model} (simulated)" if self.simulated else self.model
+
 
 @dataclass(frozen=True, slots=True)
 class Node:

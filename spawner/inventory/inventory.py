@@ -86,8 +86,8 @@ class Inventory(Configurable):
     simulated_gpu_model = Unicode(
         simulated.DEFAULT_MODEL,
         help="""
-        Model of the simulated demo GPUs; " (simulated)" is appended so that it is never shown
-        as a real card.
+        Model of the simulated demo GPUs, as profiles name it (e.g. "A100-80GB"). Every place that
+        shows them adds "(simulated)", so they are never taken for real cards.
         """,
     ).tag(config=True)
 
@@ -140,11 +140,11 @@ class Inventory(Configurable):
             log.info("NVML found no GPU on this host; using the static GPU inventory in %s", self.static_path)
             return self._static()
         log.warning(
-            "NVML found no GPU on this host and Inventory.static_path is not set: serving %d simulated "
-            "%s GPUs so that the hub can be tried out. They do no real work; set Inventory.source to "
-            "silence this.",
+            "NVML found no GPU on this host and Inventory.static_path is not set: serving %d "
+            "%s (simulated) GPUs so that the hub can be tried out. They do no real work; "
+            "set Inventory.source to silence this.",
             self.simulated_gpu_count,
-            simulated.simulated_model_name(self.simulated_gpu_model),
+            self.simulated_gpu_model,
         )
         return self._simulated()
 

@@ -1,8 +1,9 @@
 """Demo GPUs for a machine that has none, so the hub, the slices and the queue can be tried out.
 
-Everything about them says so: the model name ends in "(simulated)", every GPU has
-``simulated=True`` and a uuid starting "GPU-sim-", and the node is labelled as a simulated source.
-No page, log line or lease can then pass a demo GPU off as a real one.
+Everything about them says so: every GPU has ``simulated=True`` (so its ``label`` reads
+"A100-80GB (simulated)") and a uuid starting "GPU-sim-", and the node is labelled as a simulated
+source. No page, log line or lease can then pass a demo GPU off as a real one. The ``model`` stays
+the plain name so that profiles asking for that model match the demo GPUs.
 """
 
 from __future__ import annotations
@@ -15,13 +16,7 @@ from .base import SOURCE_LABEL, PoolRule
 DEFAULT_COUNT = 4
 DEFAULT_MODEL = "A100-80GB"
 DEFAULT_MEMORY_MIB = 81920
-SIMULATED_SUFFIX = " (simulated)"
 UUID_PREFIX = "GPU-sim-"
-
-
-def simulated_model_name(model: str) -> str:
-    """``'A100-80GB'`` -> ``'A100-80GB (simulated)'``; a name already saying so is kept."""
-    return model if "simulated" in model.lower() else f"{model}{SIMULATED_SUFFIX}"
 
 
 def simulated_nodes(
@@ -37,7 +32,6 @@ def simulated_nodes(
         raise ValueError(f"simulated GPUs: count must be 1 or more, got {count}")
     name = node_name or host.host_name()
     rule = pools or PoolRule()
-    shown_model = simulated_model_name(model)
     gpus = []
     for index in range(count):
         uuid = f"{UUID_PREFIX}{name}-{index}"
@@ -46,7 +40,7 @@ def simulated_nodes(
                 uuid=uuid,
                 node=name,
                 index=index,
-                model=shown_model,
+                model=model,
                 memory_mib=memory_mib,
                 pools=rule.pools_for(index, uuid),
                 simulated=True,

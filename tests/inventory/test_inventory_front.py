@@ -64,9 +64,9 @@ def test_auto_falls_back_to_simulated_gpus_and_says_so(install_nvml, fixed_host,
 
     assert node.labels[SOURCE_LABEL] == "simulated"
     assert len(node.gpus) == 4
-    assert all(gpu.simulated and "simulated" in gpu.model for gpu in node.gpus)
+    assert all(gpu.simulated and "simulated" in gpu.label for gpu in node.gpus)
     [record] = inventory_log()
-    assert "4 simulated A100-80GB (simulated) GPUs" in record.getMessage()
+    assert "4 A100-80GB (simulated) GPUs" in record.getMessage()
 
 
 def test_nvml_source_does_not_fall_back(install_nvml, fixed_host, static_file, inventory_log):
@@ -111,8 +111,8 @@ def test_simulated_source_from_traitlets_config(fixed_host):
 
     assert node.name == "demo"
     assert [(gpu.uuid, gpu.model, gpu.memory_mib) for gpu in node.gpus] == [
-        ("GPU-sim-demo-0", "H100-80GB (simulated)", 81559),
-        ("GPU-sim-demo-1", "H100-80GB (simulated)", 81559),
+        ("GPU-sim-demo-0", "H100-80GB", 81559),
+        ("GPU-sim-demo-1", "H100-80GB", 81559),
     ]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from spawner.inventory import SOURCE_LABEL, PoolRule, simulated_nodes
-from spawner.inventory.simulated import simulated_model_name
 
 
 def test_default_is_this_host_with_four_simulated_80gb_gpus(fixed_host):
@@ -18,7 +17,8 @@ def test_default_is_this_host_with_four_simulated_80gb_gpus(fixed_host):
     for index, gpu in enumerate(node.gpus):
         assert gpu.simulated is True
         assert gpu.uuid == f"GPU-sim-{fixed_host.name}-{index}"
-        assert gpu.model == "A100-80GB (simulated)"
+        assert gpu.model == "A100-80GB"
+        assert gpu.label == "A100-80GB (simulated)"
         assert gpu.memory_mib == 81920
         assert gpu.pools == frozenset({"dev"})
 
@@ -34,22 +34,18 @@ def test_count_model_memory_node_and_pools_are_configurable(fixed_host):
 
     assert node.name == "demo"
     assert [(gpu.uuid, gpu.model, gpu.memory_mib, gpu.pools) for gpu in node.gpus] == [
-        ("GPU-sim-demo-0", "H100-80GB (simulated)", 81559, frozenset({"dev"})),
-        ("GPU-sim-demo-1", "H100-80GB (simulated)", 81559, frozenset({"train"})),
+        ("GPU-sim-demo-0", "H100-80GB", 81559, frozenset({"dev"})),
+        ("GPU-sim-demo-1", "H100-80GB", 81559, frozenset({"train"})),
     ]
     assert all(gpu.simulated for gpu in node.gpus)
 
 
-@pytest.mark.parametrize(
-    ("model", "shown"),
-    [
-        ("A100-80GB", "A100-80GB (simulated)"),
-        ("T4 (Simulated)", "T4 (Simulated)"),
-        ("simulated-x", "simulated-x"),
-    ],
-)
-def test_the_model_name_says_simulated_exactly_once(model, shown):
-    assert simulated_model_name(model) == shown
+def test_simulated_gpus_match_profiles_by_plain_model_and_are_labelled_simulated(fixed_host):
+    from spawner.core.units import SliceRequest
+
+    [node] = simulated_nodes()
+    assert all(SliceRequest(milli_gpu=125, gpu_models=frozenset({"A100-80GB"})).allows(g) for g in node.gpus)
+    assert {gpu.label for gpu in node.gpus} == {"A100-80GB (simulated)"}
 
 
 def test_zero_gpus_is_refused(fixed_host):

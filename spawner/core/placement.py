@@ -8,7 +8,7 @@ simulator call the same objects.
 ``fgd`` is fragmentation gradient descent (Weng et al., USENIX ATC '23): the fragmentation of a node
 is the GPU capacity it has free that a request drawn from the workload could not use, averaged over
 the workload's request sizes; a request goes where it makes that number grow least. ``default`` is
-our policy: the same measure, with ties settled by packing (see ``PackedFragmentation``).
+our policy: the same measure, with ties settled by best fit (see ``PackedFragmentation``).
 """
 
 from __future__ import annotations
@@ -204,9 +204,12 @@ class _FragmentationCache:
     request and recomputed only for nodes whose version moved since.
     """
 
-    def __init__(self, cluster: ClusterState, types: _TaskTypes):
+    def __init__(self, cluster: ClusterState, types: _TaskTypes, gpu_tolerance: float | None = None):
         self.cluster = cluster
         self.types = types
+        # None: the first GPU among equal moves on a node (FGD as published); a number: among moves
+        # within that many milli-GPU of the node's best, the GPU left with the least free capacity.
+        self.gpu_tolerance = gpu_tolerance
         n_nodes, n_slots = cluster.present.shape
         n_shapes = len(types.shape_milli)
         self.eligible = np.zeros((n_shapes, n_nodes, n_slots), dtype=bool)
@@ -311,7 +314,11 @@ class _FragmentationCache:
             ).sum(axis=0)
             change = np.where(candidates, fragment - before[:, None], np.inf)
             best_slot = np.argmin(change, axis=1)
-            return change[np.arange(rows.size), best_slot], best_slot
+            best = change[np.arange(rows.size), best_slot]
+            if self.gpu_tolerance is not None:
+                near = change <= best[:, None] + self.gpu_tolerance
+                best_slot = np.argmin(np.where(near, after, MILLI_PER_GPU + 1), axis=1)
+            return best, best_slot
         if request.gpu_count:
             free = cluster.milli_free[rows]
             taken = candidates[None] & self.eligible[:, rows] & (free[None] >= self.milli_s)
@@ -354,14 +361,14 @@ class FragmentationGradientDescent(PlacementPolicy):
         state = cluster.policy_cache.get(key)
         if self.workload is not None:
             if state is None:
-                state = _FragmentationCache(cluster, self._types(self.workload))
+                state = _FragmentationCache(cluster, self._types(self.workload), self.gpu_tolerance)
                 cluster.policy_cache[key] = state
             return state
         seen: Counter = state[0] if state else Counter()
         seen[request] += 1
         cache = state[1] if state else None
         if cache is None or seen[request] == 1:
-            cache = _FragmentationCache(cluster, self._types(seen.items()))
+            cache = _FragmentationCache(cluster, self._types(seen.items()), self.gpu_tolerance)
         cluster.policy_cache[key] = (seen, cache)
         return cache
 
@@ -387,6 +394,9 @@ class FragmentationGradientDescent(PlacementPolicy):
     tie = 1e-6
     """Changes closer than this (milli-GPU) are equal: floating-point noise must not decide."""
 
+    gpu_tolerance: float | None = None
+    """How GPUs of one node are chosen among equal moves; None takes the first (see the cache)."""
+
     def choose(self, cluster: ClusterState, request: SliceRequest, change: np.ndarray) -> int | None:
         best = float(np.min(change))
         if not np.isfinite(best):
@@ -401,19 +411,20 @@ class FragmentationGradientDescent(PlacementPolicy):
 
 
 class PackedFragmentation(FragmentationGradientDescent):
-    """Our default: FGD's measure, with ties settled by packing so empty nodes stay whole.
+    """Our default: FGD's measure, with ties settled by best fit so empty capacity stays together.
 
     FGD ranks a move only by how much expected fragmentation it adds. Many moves add the same
     amount (an idle GPU taken on any of several nodes, a slice that fits exactly anywhere), and FGD
-    then takes the first node in the list, which scatters work over nodes in no useful order. The
-    principle added here: when moves are equal for fragmentation (within ``tolerance`` milli-GPU of
-    the best), take the one on the node left with the least free GPU capacity. That keeps free
-    capacity concentrated on few nodes, where multi-GPU gangs and large slices can still use it,
-    and never trades away any of FGD's own objective to do so.
+    then takes the first node in the list, which scatters work in no useful order. The principle
+    added here: when moves are equal for fragmentation (within ``tolerance`` milli-GPU of the
+    best), take the one on the node left with the least free GPU and CPU, each as a share of the
+    node. Free capacity then stays concentrated on few nodes, where gangs and large slices can
+    still use it, and GPUs are not left stranded on nodes whose CPUs ran out (the two resources
+    that strand each other on GPU nodes). No move is ever taken that FGD's own measure ranks worse.
     """
 
     name = "default"
-    description = "FGD's fragmentation measure, ties broken toward the fullest node (keeps empty nodes whole)"
+    description = "FGD's fragmentation measure; ties go to the node left fullest (GPU and CPU share)"
 
     tolerance = 1.0
     """Moves within this many milli-GPU of expected fragmentation of the best count as equal."""
@@ -425,8 +436,9 @@ class PackedFragmentation(FragmentationGradientDescent):
         near = np.flatnonzero(change <= best + self.tolerance)
         if near.size == 1:
             return int(near[0])
-        free_left = cluster.milli_free[near].sum(axis=1)
-        return int(near[np.argmin(free_left)])
+        gpu_left = cluster.milli_free[near].sum(axis=1) / np.maximum(cluster.gpu_milli_total[near], 1)
+        cpu_left = cluster.cpu_free[near] / np.maximum(cluster.cpu_total[near], 1)
+        return int(near[np.argmin(gpu_left + cpu_left)])
 
 
 POLICIES: dict[str, type[PlacementPolicy]] = {

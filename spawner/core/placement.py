@@ -204,12 +204,9 @@ class _FragmentationCache:
     request and recomputed only for nodes whose version moved since.
     """
 
-    def __init__(self, cluster: ClusterState, types: _TaskTypes, gpu_tolerance: float | None = None):
+    def __init__(self, cluster: ClusterState, types: _TaskTypes):
         self.cluster = cluster
         self.types = types
-        # None: the first GPU among equal moves on a node (FGD as published); a number: among moves
-        # within that many milli-GPU of the node's best, the GPU left with the least free capacity.
-        self.gpu_tolerance = gpu_tolerance
         n_nodes, n_slots = cluster.present.shape
         n_shapes = len(types.shape_milli)
         self.eligible = np.zeros((n_shapes, n_nodes, n_slots), dtype=bool)
@@ -314,11 +311,7 @@ class _FragmentationCache:
             ).sum(axis=0)
             change = np.where(candidates, fragment - before[:, None], np.inf)
             best_slot = np.argmin(change, axis=1)
-            best = change[np.arange(rows.size), best_slot]
-            if self.gpu_tolerance is not None:
-                near = change <= best[:, None] + self.gpu_tolerance
-                best_slot = np.argmin(np.where(near, after, MILLI_PER_GPU + 1), axis=1)
-            return best, best_slot
+            return change[np.arange(rows.size), best_slot], best_slot
         if request.gpu_count:
             free = cluster.milli_free[rows]
             taken = candidates[None] & self.eligible[:, rows] & (free[None] >= self.milli_s)
@@ -361,15 +354,19 @@ class FragmentationGradientDescent(PlacementPolicy):
         state = cluster.policy_cache.get(key)
         if self.workload is not None:
             if state is None:
-                state = _FragmentationCache(cluster, self._types(self.workload), self.gpu_tolerance)
+                state = _FragmentationCache(cluster, self._types(self.workload))
                 cluster.policy_cache[key] = state
             return state
-        seen: Counter = state[0] if state else Counter()
+        # Learning the mix: rebuild the measure when a new request shape appears or the requests
+        # seen have doubled since the last build, so the weights follow the mix without paying
+        # a rebuild per request.
+        seen, cache, built_at, total = state if state else (Counter(), None, 0, 0)
         seen[request] += 1
-        cache = state[1] if state else None
-        if cache is None or seen[request] == 1:
-            cache = _FragmentationCache(cluster, self._types(seen.items()), self.gpu_tolerance)
-        cluster.policy_cache[key] = (seen, cache)
+        total += 1
+        if cache is None or seen[request] == 1 or total >= 2 * built_at:
+            cache = _FragmentationCache(cluster, self._types(seen.items()))
+            built_at = total
+        cluster.policy_cache[key] = (seen, cache, built_at, total)
         return cache
 
     def _types(self, mix: Iterable[tuple[SliceRequest, float]]) -> _TaskTypes:
@@ -393,9 +390,6 @@ class FragmentationGradientDescent(PlacementPolicy):
 
     tie = 1e-6
     """Changes closer than this (milli-GPU) are equal: floating-point noise must not decide."""
-
-    gpu_tolerance: float | None = None
-    """How GPUs of one node are chosen among equal moves; None takes the first (see the cache)."""
 
     def choose(self, cluster: ClusterState, request: SliceRequest, change: np.ndarray) -> int | None:
         best = float(np.min(change))

@@ -34,10 +34,17 @@ from typing import Any
 from spawner.core.quota import QuotaPolicy
 from spawner.core.units import SliceRequest, describe_milli
 from spawner.inventory import yaml_lines
-from spawner.inventory.static import render_path
 
+from ..inventory.yaml_problems import (
+    ConfigFileError,
+    Problem,
+    duplicate_key_problems,
+    problem_at,
+    read_yaml,
+    render_path,
+    schema_problems,
+)
 from .quota_file import entry_count, quota_policy
-from .yaml_problems import Problem, duplicate_key_problems, problem_at, read_yaml, schema_problems
 
 SCHEMA_RESOURCE = "profiles.schema.json"
 PROFILE_FILES = "*.yaml"
@@ -52,18 +59,10 @@ _SIZE = re.compile(r"^(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<unit>[KMGT])i?$")
 _UNIT_POWERS = {"K": 1, "M": 2, "G": 3, "T": 4}
 
 
-class ProfileConfigError(ValueError):
+class ProfileConfigError(ConfigFileError):
     """The profiles directory cannot be used; ``errors`` lists every problem found, one per line."""
 
-    def __init__(self, source: str, errors: Sequence[str]) -> None:
-        self.source = source
-        self.errors = list(errors)
-        if len(self.errors) == 1:
-            message = self.errors[0]
-        else:
-            lines = "\n".join(f"  {error}" for error in self.errors)
-            message = f"{source}: {len(self.errors)} problems in the profiles:\n{lines}"
-        super().__init__(message)
+    subject = "the profiles"
 
 
 @lru_cache(maxsize=1)

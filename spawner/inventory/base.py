@@ -8,10 +8,12 @@ pool or say where a node came from.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from spawner.core.units import DEFAULT_POOLS
+
+from .yaml_problems import ConfigFileError
 
 log = logging.getLogger("gpuslice.inventory")
 
@@ -25,22 +27,10 @@ KNOWN_POOLS = frozenset({"dev", "train"})
 POOL_SPELLINGS = ("dev", "train", "both")
 
 
-class InventoryConfigError(ValueError):
-    """An inventory the admin described cannot be used; ``errors`` lists every problem found.
+class InventoryConfigError(ConfigFileError):
+    """An inventory the admin described cannot be used; ``errors`` lists every problem found."""
 
-    All problems are gathered before raising so that one start of the hub shows the admin the whole
-    list, instead of one error per restart.
-    """
-
-    def __init__(self, source: str, errors: Sequence[str]) -> None:
-        self.source = source
-        self.errors = list(errors)
-        if len(self.errors) == 1:
-            message = self.errors[0]
-        else:
-            lines = "\n".join(f"  {error}" for error in self.errors)
-            message = f"{source}: {len(self.errors)} problems in the GPU inventory:\n{lines}"
-        super().__init__(message)
+    subject = "the GPU inventory"
 
 
 def parse_pools(value: str | Iterable[str]) -> frozenset[str]:

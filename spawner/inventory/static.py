@@ -11,25 +11,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from spawner.core.units import DEFAULT_POOLS, GPU, Node
 
 from . import yaml_lines
 from .base import SOURCE_LABEL, InventoryConfigError, parse_pools
+from .yaml_problems import Problem, duplicate_key_problems, problem_at, render_path, schema_problems
 
 SCHEMA_RESOURCE = "gpus.schema.json"
-
-_Problem = tuple[int, str]
-"""(line, message); line 0 when the file has no line to point at."""
 
 
 @lru_cache(maxsize=1)
@@ -66,100 +62,26 @@ def parse_static(text: str, filename: str = "<gpus.yaml>") -> list[Node]:
         problem = getattr(error, "problem", None) or str(error)
         line = mark.line + 1 if mark is not None else 0
         raise InventoryConfigError(
-            filename, [f"{_where(filename, line)}: not valid YAML: {problem}"]
+            filename, [str(Problem(filename, line, (), f"not valid YAML: {problem}"))]
         ) from error
 
-    problems = list(_duplicate_key_problems(document))
-    schema_problems = list(_schema_problems(document))
-    if schema_problems:
-        problems += schema_problems
+    problems = list(duplicate_key_problems(filename, document))
+    broken_schema = list(schema_problems(filename, document, load_schema()))
+    if broken_schema:
+        problems += broken_schema
         nodes: list[Node] = []
     else:
-        nodes, build_problems = _build(document)
+        nodes, build_problems = _build(filename, document)
         problems += build_problems
     if problems:
-        problems.sort(key=lambda problem: problem[0])
-        raise InventoryConfigError(filename, [_format(filename, line, text) for line, text in problems])
+        problems.sort(key=lambda problem: problem.line)
+        raise InventoryConfigError(filename, [str(problem) for problem in problems])
     return nodes
 
 
-def _where(filename: str, line: int) -> str:
-    return f"{filename}:{line}" if line else filename
-
-
-def _format(filename: str, line: int, text: str) -> str:
-    return f"{_where(filename, line)}: {text}"
-
-
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def render_path(path: Sequence[Any]) -> str:
-    """``('nodes', 0, 'gpus', 1, 'memory_mib')`` -> ``'nodes[0].gpus[1].memory_mib'``."""
-    text = ""
-    for step in path:
-        if isinstance(step, int):
-            text += f"[{step}]"
-        elif isinstance(step, str) and _IDENTIFIER.match(step):
-            text += f".{step}" if text else step
-        else:
-            text += f"[{step!r}]"
-    return text
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list" if value else "an empty list"
-    return str(value)
-
-
-def _problem(document: Any, path: Sequence[Any], text: str) -> _Problem:
-    line = yaml_lines.line_of(document, path) or 0
-    where = render_path(path)
-    return line, f"{where}: {text}" if where else text
-
-
-def _duplicate_key_problems(document: Any) -> Iterator[_Problem]:
-    for path, key, first, again in yaml_lines.duplicate_keys(document):
-        where = render_path((*path, key))
-        yield again, f"{where}: given twice (first on line {first}); the second would silently win"
-
-
-def _schema_problems(document: Any) -> Iterator[_Problem]:
-    validator = jsonschema.Draft202012Validator(load_schema())
-    for error in validator.iter_errors(document):
-        path = tuple(error.absolute_path)
-        if error.validator == "required":
-            properties = error.schema.get("properties", {})
-            for key in error.validator_value:
-                if key not in error.instance:
-                    expected = properties.get(key, {}).get("x-expected")
-                    detail = f"; expected {expected}" if expected else ""
-                    yield _problem(document, path, f"missing field {key!r}{detail}")
-        elif error.validator == "additionalProperties" and error.validator_value is False:
-            allowed = ", ".join(error.schema.get("properties", {}))
-            for key in error.instance:
-                if key not in error.schema.get("properties", {}):
-                    yield _problem(document, (*path, key), f"unknown field; expected one of: {allowed}")
-        else:
-            expected = error.schema.get("x-expected")
-            if expected:
-                yield _problem(document, path, f"expected {expected}, got {_describe(error.instance)}")
-            else:
-                yield _problem(document, path, error.message)
-
-
-def _build(document: dict[str, Any]) -> tuple[list[Node], list[_Problem]]:
+def _build(filename: str, document: dict[str, Any]) -> tuple[list[Node], list[Problem]]:
     """Nodes from a schema-valid document, plus what the schema could not check."""
-    problems: list[_Problem] = []
+    problems: list[Problem] = []
     nodes: list[Node] = []
     node_paths: dict[str, tuple[Any, ...]] = {}
     uuid_paths: dict[str, tuple[Any, ...]] = {}
@@ -168,11 +90,13 @@ def _build(document: dict[str, Any]) -> tuple[list[Node], list[_Problem]]:
         name = node_doc["name"]
         if name in node_paths:
             problems.append(
-                _problem(document, (*node_path, "name"), _taken("node name", name, node_paths[name]))
+                problem_at(
+                    filename, document, (*node_path, "name"), _taken("node name", name, node_paths[name])
+                )
             )
             continue
         node_paths[name] = node_path
-        gpus, gpu_problems = _build_gpus(document, node_doc, node_path, uuid_paths)
+        gpus, gpu_problems = _build_gpus(filename, document, node_doc, node_path, uuid_paths)
         problems += gpu_problems
         if gpu_problems:
             continue
@@ -195,13 +119,14 @@ def _taken(what: str, value: Any, first_path: Sequence[Any]) -> str:
 
 
 def _build_gpus(
+    filename: str,
     document: dict[str, Any],
     node_doc: dict[str, Any],
     node_path: tuple[Any, ...],
     uuid_paths: dict[str, tuple[Any, ...]],
-) -> tuple[tuple[GPU, ...], list[_Problem]]:
+) -> tuple[tuple[GPU, ...], list[Problem]]:
     """The node's GPUs: explicit indices first, then entries by count fill the lowest free ones."""
-    problems: list[_Problem] = []
+    problems: list[Problem] = []
     name = node_doc["name"]
     node_pools = parse_pools(node_doc["pools"]) if "pools" in node_doc else DEFAULT_POOLS
     entries = node_doc.get("gpus", [])
@@ -212,7 +137,8 @@ def _build_gpus(
         for key in ("index", "uuid"):
             if key in entry and count > 1:
                 problems.append(
-                    _problem(
+                    problem_at(
+                        filename,
                         document,
                         (*entry_path, key),
                         f"{key} names one GPU but count is {count}; drop {key}, or list each GPU on its own",
@@ -222,7 +148,9 @@ def _build_gpus(
             index = entry["index"]
             if index in index_paths:
                 problems.append(
-                    _problem(document, (*entry_path, "index"), _taken("index", index, index_paths[index]))
+                    problem_at(
+                        filename, document, (*entry_path, "index"), _taken("index", index, index_paths[index])
+                    )
                 )
             else:
                 index_paths[index] = entry_path
@@ -243,7 +171,9 @@ def _build_gpus(
             uuid = entry.get("uuid") or static_uuid(name, index)
             if uuid in uuid_paths:
                 where = (*entry_path, "uuid") if "uuid" in entry else entry_path
-                problems.append(_problem(document, where, _taken("GPU uuid", uuid, uuid_paths[uuid])))
+                problems.append(
+                    problem_at(filename, document, where, _taken("GPU uuid", uuid, uuid_paths[uuid]))
+                )
                 continue
             uuid_paths[uuid] = entry_path
             gpus.append(

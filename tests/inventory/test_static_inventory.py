@@ -9,7 +9,8 @@ import jsonschema
 import pytest
 
 from spawner.inventory import SOURCE_LABEL, InventoryConfigError, load_static, parse_static
-from spawner.inventory.static import load_schema, render_path
+from spawner.inventory.static import load_schema
+from spawner.inventory.yaml_problems import render_path
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "profiles" / "gpus.example.yaml"
 
@@ -193,8 +194,8 @@ def test_every_problem_is_listed_at_once_in_line_order():
     assert errors == [
         "gpus.yaml:3: nodes[0].cpu: expected a number of CPU cores > 0 (e.g. 64 or 15.5), got 'many'",
         "gpus.yaml:4: nodes[0].memory_mib: expected an integer > 0 (host memory in MiB), got 0",
-        "gpus.yaml:7: nodes[0].gpus[0].memroy_mib: unknown field; expected one of: "
-        "count, index, uuid, model, memory_mib, pools, mig_capable",
+        "gpus.yaml:7: nodes[0].gpus[0].memroy_mib: unknown field (did you mean 'memory_mib'?); "
+        "expected one of: count, index, uuid, model, memory_mib, pools, mig_capable",
         "gpus.yaml:9: nodes[0].gpus[0].pools: expected 'dev', 'train', 'both' or a non-empty list of "
         "'dev'/'train', got 'trian'",
         "gpus.yaml:10: nodes[1]: missing field 'name'; expected a non-empty node (host) name",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,42 @@ from typing import Any
 import jsonschema
 import yaml
 
-from spawner.inventory import yaml_lines
-from spawner.inventory.static import render_path
+from . import yaml_lines
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def render_path(path: Sequence[Any]) -> str:
+    """``('nodes', 0, 'gpus', 1, 'memory_mib')`` -> ``'nodes[0].gpus[1].memory_mib'``."""
+    text = ""
+    for step in path:
+        if isinstance(step, int):
+            text += f"[{step}]"
+        elif isinstance(step, str) and _IDENTIFIER.match(step):
+            text += f".{step}" if text else step
+        else:
+            text += f"[{step!r}]"
+    return text
+
+
+class ConfigFileError(ValueError):
+    """An admin's configuration cannot be used; ``errors`` lists every problem found, one per line.
+
+    All problems are gathered before raising so that one start of the hub shows the admin the whole
+    list, instead of one error per restart.
+    """
+
+    subject = "the configuration"
+
+    def __init__(self, source: str, errors: Sequence[str]) -> None:
+        self.source = source
+        self.errors = list(errors)
+        if len(self.errors) == 1:
+            message = self.errors[0]
+        else:
+            lines = "\n".join(f"  {error}" for error in self.errors)
+            message = f"{source}: {len(self.errors)} problems in {self.subject}:\n{lines}"
+        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)

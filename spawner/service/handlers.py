@@ -1,0 +1,241 @@
+"""The REST API's handlers, under ``<service prefix>api/v1/``.
+
+Errors are JSON ``{"status": N, "message": "..."}`` everywhere, including 401/403 from
+authentication, because the callers are programs (the spawner, the magic, the CLI) that show the
+message to a person.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from typing import Any
+
+from jupyterhub.services.auth import HubAuthenticated, UserNotAllowed
+from tornado import web
+
+from spawner.ledger import LeaseConflictError, LedgerBusyError
+
+from .allocator import Allocator
+from .auth import Requester
+from .hub_users import UnknownUserError
+from .lease_request import LeaseBodyError, parse_lease_body
+from .serialize import lease_json
+
+API_PREFIX = "api/v1/"
+
+
+def api_error(status: int, message: str) -> web.HTTPError:
+    """An error whose message reaches the caller as written, even if it holds a '%' (a lease id)."""
+    return web.HTTPError(status, "%s", message)
+
+
+class JSONErrorMixin:
+    """Write every error as ``{"status", "message"}`` instead of tornado's HTML page."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        message = self._reason
+        exc_info = kwargs.get("exc_info")
+        if exc_info is not None:
+            error = exc_info[1]
+            if isinstance(error, web.HTTPError) and error.log_message:
+                message = error.log_message % error.args if error.args else error.log_message
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+
+class PublicHandler(JSONErrorMixin, web.RequestHandler):
+    """Endpoints served without a token: health checks and the API description."""
+
+
+class HealthHandler(PublicHandler):
+    async def get(self) -> None:
+        self.finish({"status": "ok"})
+
+
+class OpenAPIHandler(PublicHandler):
+    async def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(resources.files("spawner.service").joinpath("openapi.json").read_text())
+
+
+class APIHandler(JSONErrorMixin, HubAuthenticated, web.RequestHandler):
+    """A token-authenticated endpoint; ``self.requester`` says who called."""
+
+    requester: Requester
+
+    def initialize(
+        self,
+        allocator: Allocator,
+        hub_auth: Any,
+        service_name: str,
+        admin_scope: str,
+        hub_admins_are_admins: bool,
+    ) -> None:
+        self.allocator = allocator
+        self.hub_auth = hub_auth
+        self.service_name = service_name
+        self.admin_scope = admin_scope
+        self.hub_admins_are_admins = hub_admins_are_admins
+
+    @property
+    def hub_scopes(self) -> set[str]:
+        # Access to the service, or its admin scope; the service itself is let in before this.
+        return set(self.hub_auth.access_scopes) | {self.admin_scope}
+
+    def check_xsrf_cookie(self) -> None:
+        """Tokens, not cookies, authenticate this API, so there is no cross-site form to guard."""
+
+    async def prepare(self) -> None:
+        model = await self.hub_auth.get_user(self, sync=False)
+        if not model:
+            raise api_error(
+                401, "this API needs a JupyterHub API token: send the header 'Authorization: token <token>'"
+            )
+        requester = Requester.from_model(
+            model,
+            service_name=self.service_name,
+            admin_scope=self.admin_scope,
+            hub_admins_are_admins=self.hub_admins_are_admins,
+        )
+        if not requester.is_service_itself:
+            try:
+                self.check_hub_user(model)
+            except UserNotAllowed:
+                raise api_error(
+                    403,
+                    f"{requester.describe()} may not use the gpuslice service; it needs one of the "
+                    f"scopes {', '.join(sorted(self.hub_scopes))}",
+                ) from None
+        self.requester = requester
+
+    def json_body(self) -> Any:
+        try:
+            return json.loads(self.request.body or b"null")
+        except ValueError as error:
+            raise api_error(400, f"the body is not JSON ({error}); send a JSON object") from None
+
+    def refuse_unless_for(self, user: str, action: str) -> None:
+        if not self.requester.may_act_for(user):
+            raise api_error(
+                403, f"{self.requester.describe()} may not {action} of user {user}; only their own"
+            )
+
+    def reply(self, status: int, payload: dict[str, Any]) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(payload))
+
+
+class GPUsHandler(APIHandler):
+    async def get(self) -> None:
+        gpus = await self.allocator.gpus(show_holders=self.requester.sees_everyone)
+        self.reply(200, {"gpus": gpus})
+
+
+class AvailabilityHandler(APIHandler):
+    async def get(self) -> None:
+        own_name = self.requester.name if self.requester.kind == "user" else None
+        user = self.get_argument("user", None) or own_name
+        if user is None:
+            raise api_error(400, "say whose availability to show: add ?user=NAME")
+        self.refuse_unless_for(user, "see the availability")
+        try:
+            availability = await self.allocator.availability(user)
+        except UnknownUserError as error:
+            raise api_error(404, str(error)) from None
+        self.reply(200, availability)
+
+
+class LeasesHandler(APIHandler):
+    async def get(self) -> None:
+        user = self.get_argument("user", None)
+        if not self.requester.sees_everyone:
+            if user is not None:
+                self.refuse_unless_for(user, "list the leases")
+            user = self.requester.name
+        leases = await self.allocator.leases(user)
+        self.reply(200, {"leases": [lease_json(lease) for lease in leases]})
+
+    async def post(self) -> None:
+        body = self.json_body()
+        try:
+            lease_body = parse_lease_body(body, self.allocator.profiles)
+        except LeaseBodyError as error:
+            raise api_error(400, str(error)) from None
+        self.refuse_unless_for(lease_body.user, "create leases on behalf")
+        try:
+            grant = await self.allocator.allocate(lease_body)
+        except LeaseBodyError as error:
+            raise api_error(400, str(error)) from None
+        except UnknownUserError as error:
+            raise api_error(400, f"user: {error}; give the name of a hub user") from None
+        except LeaseConflictError as error:
+            raise api_error(409, str(error)) from None
+        except LedgerBusyError as error:
+            raise api_error(503, str(error)) from None
+        result = grant.result
+        if result.refusal is not None:
+            self.reply(
+                409,
+                {
+                    "status": 409,
+                    "message": result.refusal.message,
+                    "reason": "quota",
+                    "refusal": result.refusal.to_dict(),
+                },
+            )
+        elif result.no_capacity is not None:
+            self.reply(409, {"status": 409, "message": result.no_capacity, "reason": "no_capacity"})
+        else:
+            self.reply(200 if result.existing else 201, {"lease": lease_json(result.lease)})
+
+
+class LeaseHandler(APIHandler):
+    async def _readable(self, lease_id: str):
+        record = await self.allocator.record(lease_id)
+        if record is None:
+            raise api_error(404, f"no lease {lease_id!r}")
+        self.refuse_unless_for(record.lease.user, f"see lease {lease_id}")
+        return record
+
+    async def get(self, lease_id: str) -> None:
+        record = await self._readable(lease_id)
+        self.reply(200, {"lease": lease_json(record.lease, record.released_at)})
+
+    async def delete(self, lease_id: str) -> None:
+        await self._readable(lease_id)
+        try:
+            await self.allocator.release(lease_id)
+        except LedgerBusyError as error:
+            raise api_error(503, str(error)) from None
+        record = await self.allocator.record(lease_id)
+        self.reply(200, {"lease": lease_json(record.lease, record.released_at)})
+
+
+ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
+    ("health", HealthHandler),
+    ("openapi.json", OpenAPIHandler),
+    ("gpus", GPUsHandler),
+    ("availability", AvailabilityHandler),
+    ("leases", LeasesHandler),
+    ("leases/{lease_id}", LeaseHandler),
+]
+"""API paths below ``api/v1/``, as the OpenAPI document writes them, with their handlers."""
+
+
+def route_pattern(prefix: str, template: str) -> str:
+    """``leases/{lease_id}`` -> a tornado pattern with a named group for each path parameter."""
+    parts = re.split(r"(\{\w+\})", template)
+    pattern = "".join(f"(?P<{p[1:-1]}>[^/]+)" if p.startswith("{") else re.escape(p) for p in parts)
+    return re.escape(prefix.rstrip("/") + "/" + API_PREFIX) + pattern + "$"
+
+
+def handlers(prefix: str, handler_settings: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
+    """The tornado handler list under ``prefix`` (e.g. ``/services/gpuslice/``)."""
+    rules = []
+    for template, handler in ROUTES:
+        settings = handler_settings if issubclass(handler, APIHandler) else {}
+        rules.append((route_pattern(prefix, template), handler, settings))
+    return rules

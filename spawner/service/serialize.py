@@ -1,0 +1,68 @@
+"""How leases, requests and GPUs look in the REST API.
+
+One place turns the shared units into JSON so that every endpoint (and the spawner reading them
+back) sees the same field names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spawner.core.units import GPU, MILLI_PER_GPU, Lease, SliceRequest
+from spawner.ledger import GPUHolder
+
+
+def request_json(request: SliceRequest) -> dict[str, Any]:
+    return {
+        "milli_gpu": request.milli_gpu,
+        "gpus": request.gpus,
+        "gpu_memory_mib": request.gpu_memory_mib,
+        "cpu_milli": request.cpu_milli,
+        "memory_mib": request.memory_mib,
+        "gpu_models": sorted(request.gpu_models),
+        "pool": request.pool,
+        "description": request.describe(),
+    }
+
+
+def lease_json(lease: Lease, released_at: float | None = None) -> dict[str, Any]:
+    """A lease as the API returns it; ``released_at`` is null while the lease is live."""
+    return {
+        "id": lease.id,
+        "holder": lease.holder,
+        "user": lease.user,
+        "group": lease.group,
+        "workload": lease.workload.value,
+        "request": request_json(lease.request),
+        "node": lease.placement.node,
+        "shares": [
+            {"gpu_uuid": share.gpu_uuid, "milli_gpu": share.milli_gpu, "memory_mib": share.memory_mib}
+            for share in lease.placement.shares
+        ],
+        "cpu_milli": lease.placement.cpu_milli,
+        "memory_mib": lease.placement.memory_mib,
+        "created_at": lease.created_at,
+        "released_at": released_at,
+        "preemptible": lease.preemptible,
+    }
+
+
+def gpu_json(gpu: GPU, holders: list[GPUHolder], *, show_holders: bool) -> dict[str, Any]:
+    """A GPU with what is free on it; who holds it only for admins and the service itself."""
+    model: dict[str, Any] = {
+        "uuid": gpu.uuid,
+        "node": gpu.node,
+        "index": gpu.index,
+        "model": gpu.model,
+        "label": gpu.label,
+        "memory_mib": gpu.memory_mib,
+        "pools": sorted(gpu.pools),
+        "simulated": gpu.simulated,
+        "milli_free": max(0, MILLI_PER_GPU - sum(holder.milli_gpu for holder in holders)),
+    }
+    if show_holders:
+        model["holders"] = [
+            {"lease_id": h.lease_id, "holder": h.holder, "user": h.user, "milli_gpu": h.milli_gpu}
+            for h in holders
+        ]
+    return model

@@ -8,12 +8,12 @@ which profiles a user may see, and what is still free, and it runs each ledger c
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from spawner.core import quota
 from spawner.core.quota import HolderUsage, Limits, Refusal
-from spawner.core.units import WorkloadClass, gpus_by_uuid
+from spawner.core.units import SliceRequest, WorkloadClass, gpus_by_uuid
 from spawner.hub.profiles import Profile, ProfileSet
 from spawner.ledger import AllocationResult, LeaseRecord, Ledger
 
@@ -34,11 +34,27 @@ class Grant:
 class Allocator:
     """Grants and views over one ledger, one profile set and the hub's users."""
 
-    def __init__(self, ledger: Ledger, profiles: ProfileSet, users: HubUserDirectory, policy_name: str):
+    def __init__(
+        self,
+        ledger: Ledger,
+        profiles: ProfileSet,
+        users: HubUserDirectory,
+        policy_name: str,
+        reserve_cpu_and_memory: bool = False,
+    ):
         self.ledger = ledger
         self.profiles = profiles
         self.users = users
         self.policy_name = policy_name
+        self.reserve_cpu_and_memory = reserve_cpu_and_memory
+
+    def placed(self, slice_request: SliceRequest) -> SliceRequest:
+        """The request as the allocator places it: without host CPU and memory unless they are
+        really reserved, since local processes share the host's CPUs and memory with no guarantee
+        and counting them would refuse GPU slices for CPUs nobody holds."""
+        if self.reserve_cpu_and_memory:
+            return slice_request
+        return replace(slice_request, cpu_milli=0, memory_mib=0)
 
     def charged_group(self, user: HubUser, asked: str | None) -> str | None:
         """The group a lease of ``user`` is charged to: the one asked for, if the user is in it."""
@@ -69,7 +85,7 @@ class Allocator:
             body.user,
             group,
             WorkloadClass.interactive,
-            body.slice_request,
+            self.placed(body.slice_request),
             self.profiles.quotas,
             policy_name=self.policy_name,
         )
@@ -105,14 +121,15 @@ class Allocator:
         quota_json = self._quota_json(usage, user, group)
         profiles = []
         for profile in self.profiles.visible_to(user.groups, user.admin):
-            request = profile.slice_request
+            request = self.placed(profile.slice_request)
             refusal = quota.check(
                 self.profiles.quotas, usage, user.name, group, WorkloadClass.interactive, request
             )
-            count = free_slices(cluster_with(nodes, live), request, self.policy_name)
+            cluster = cluster_with(nodes, live)
+            count = free_slices(cluster, request, self.policy_name)
             reason = refusal.message if refusal else None
             if reason is None and count == 0:
-                reason = cluster_with(nodes, live).explain_no_fit(request)
+                reason = cluster.explain_no_fit(request)
             profiles.append(_profile_json(profile, count, reason, refusal, quota_json))
         return {"user": user.name, "group": group, "profiles": profiles}
 

@@ -8,6 +8,7 @@ with the whole list of them, because a service serving yesterday's quotas would 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -27,6 +28,7 @@ from spawner.ledger import Ledger
 from .allocator import Allocator
 from .handlers import handlers
 from .hub_users import HubUserDirectory
+from .reconcile import LeaseReconciler
 
 
 def _state_dir() -> Path:
@@ -38,7 +40,13 @@ class GPUSliceService(Application):
 
     name = "gpuslice-service"
     description = "The gpuslice JupyterHub service: the one owner of the GPU ledger."
-    classes = [Inventory, HubUserDirectory, HubAuth]
+    classes = [Inventory, HubUserDirectory, HubAuth, LeaseReconciler]
+
+    @default("log_level")
+    def _default_log_level(self) -> int:
+        # Like JupyterHub's own apps: an admin reading the hub's output should see the inventory,
+        # the profiles and every lease the service releases on its own.
+        return logging.INFO
 
     config_file = Unicode(
         "",
@@ -64,6 +72,18 @@ class GPUSliceService(Application):
     placement_policy = Unicode(
         "default",
         help=f"Placement policy that picks GPUs for a grant; one of {', '.join(POLICIES)}.",
+    ).tag(config=True)
+
+    reserve_cpu_and_memory = Bool(
+        False,
+        help="""
+        Whether a grant also sets aside the profile's CPU and memory guarantee on the node.
+
+        Off for the embedded default: local servers share the host's CPUs and memory with no
+        guarantee, so counting them would refuse GPU slices for CPUs nobody holds. Turn it on where
+        the spawner really reserves them (Kubernetes requests), so GPUs are not granted on nodes
+        whose CPUs are already promised.
+        """,
     ).tag(config=True)
 
     admin_scope = Unicode(
@@ -139,7 +159,7 @@ class GPUSliceService(Application):
         self.log.info("inventory: %d GPUs on %d nodes (%d new)", gpus, len(nodes), len(synced.added))
         profiles = await asyncio.to_thread(load_profiles, self.profiles_dir)
         self.log.info("profiles: %d from %s", len(profiles), self.profiles_dir)
-        return Allocator(ledger, profiles, self.users, self.placement_policy)
+        return Allocator(ledger, profiles, self.users, self.placement_policy, self.reserve_cpu_and_memory)
 
     def make_web_app(self, allocator: Allocator) -> web.Application:
         settings = {
@@ -155,6 +175,7 @@ class GPUSliceService(Application):
         allocator = await self.prepare_allocator()
         url = urlparse(self.service_url)
         server = self.make_web_app(allocator).listen(url.port or 80, url.hostname or "127.0.0.1")
+        reconciling = LeaseReconciler(parent=self).start(allocator, self.users)
         self.log.info("gpuslice service at %s%s", self.service_url.rstrip("/"), self.service_prefix)
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -164,6 +185,8 @@ class GPUSliceService(Application):
         try:
             await stopped.wait()
         finally:
+            if reconciling is not None:
+                reconciling.stop()
             server.stop()
             allocator.ledger.close()
             self._remove_pid_file()

@@ -48,11 +48,7 @@ class HubUserDirectory(LoggingConfigurable):
         super().__init__(**kwargs)
         self._cache: dict[str, tuple[float, HubUser]] = {}
 
-    async def get(self, name: str) -> HubUser:
-        """The user ``name``; raises :class:`UnknownUserError` when the hub has none."""
-        cached = self._cache.get(name)
-        if cached is not None and time.monotonic() - cached[0] < self.cache_seconds:
-            return cached[1]
+    async def _model(self, name: str) -> dict:
         url = f"{self.api_url.rstrip('/')}/users/{quote(name, safe='')}"
         request = HTTPRequest(url, headers={"Authorization": f"token {self.api_token}"}, request_timeout=10)
         try:
@@ -61,7 +57,32 @@ class HubUserDirectory(LoggingConfigurable):
             if error.code == 404:
                 raise UnknownUserError(f"the hub has no user {name!r}") from error
             raise
-        model = json.loads(response.body)
+        return json.loads(response.body)
+
+    async def server_names(self, name: str) -> frozenset[str] | None:
+        """Names of the user's servers the hub knows now (running or starting; "" is the default
+        server), never cached; None when the hub has no such user any more.
+
+        Raises :class:`PermissionError` when the hub hides servers from this token (no
+        ``read:servers`` scope): guessing "no servers" then would release every lease.
+        """
+        try:
+            model = await self._model(name)
+        except UnknownUserError:
+            return None
+        if "servers" not in model:
+            raise PermissionError(
+                "the hub did not list servers for the gpuslice service; give its role the "
+                "'read:servers' scope so leases of stopped servers can be released"
+            )
+        return frozenset(model["servers"] or ())
+
+    async def get(self, name: str) -> HubUser:
+        """The user ``name``; raises :class:`UnknownUserError` when the hub has none."""
+        cached = self._cache.get(name)
+        if cached is not None and time.monotonic() - cached[0] < self.cache_seconds:
+            return cached[1]
+        model = await self._model(name)
         groups = frozenset(model.get("groups") or ())
         user = HubUser(name=model["name"], groups=groups, admin=bool(model.get("admin")))
         self._cache[name] = (time.monotonic(), user)

@@ -41,7 +41,7 @@ c.JupyterHub.load_roles = [
     # The service reads users' groups and admin flags to pick profiles and quota groups.
     {
         "name": "gpuslice-service",
-        "scopes": ["list:users", "read:users", "read:users:groups"],
+        "scopes": ["list:users", "read:users", "read:users:groups", "read:servers"],
         "services": ["gpuslice"],
     },
     {"name": "gpuslice-admin", "scopes": ["custom:gpuslice:admin"], "users": ["erin"]},
@@ -63,6 +63,9 @@ c.JupyterHub.services = [
             "--Inventory.source=simulated",
             "--Inventory.simulated_gpu_count=2",
             "--Inventory.node_name=sim-node",
+            # The API tests hold leases for servers that never run: only the reconciliation
+            # tests let the reconciler release them (they set a short grace).
+            *env.get("GPUSLICE_TEST_SERVICE_ARGS", "--LeaseReconciler.grace_seconds=3600").split(),
         ],
         "cwd": str(Path(__file__).resolve().parents[2]),
         "environment": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])},

@@ -117,6 +117,11 @@ class Allocator:
             asyncio.to_thread(self.ledger.list_leases),
             asyncio.to_thread(self.ledger.usage),
         )
+        return await asyncio.to_thread(self._availability, user, nodes, live, usage)
+
+    def _availability(self, user: HubUser, nodes, live, usage: quota.Usage) -> dict[str, Any]:
+        # Counting free slices places each profile again and again: CPU work that belongs in a
+        # worker thread, not on the event loop that answers the hub's spawn pages.
         group = quota.charge_group(user.groups, self.profiles.quotas)
         quota_json = self._quota_json(usage, user, group)
         profiles = []

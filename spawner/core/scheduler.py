@@ -1,0 +1,372 @@
+"""The batch scheduler's decisions: which queued jobs start where, which running jobs must yield.
+
+Pure and clock-injected (``now`` is an argument), so the service and the simulator run the very
+same decisions; the service turns them into processes or Kubernetes Jobs, the simulator into
+numbers. The rules, in the order they apply:
+
+1. **Strict priority** between levels (``high`` > ``normal`` > ``low``).
+2. **Fair share** between groups inside a level: the group with the least decayed GPU usage per
+   unit of guaranteed quota goes first, then submission order.
+3. **Guarantee and borrowing**: a group's jobs up to its guaranteed GPUs run as of right; beyond
+   it they borrow idle capacity up to the borrowing limit and are preemptible. A job inside its
+   group's guarantee that finds no room preempts borrowed jobs of other groups.
+4. **Gangs**: all GPUs of a job are on one node, or the job waits.
+5. **Backfill**: once the first job that cannot start has a reservation (the node and the time
+   its GPUs are expected free, from the running jobs' time limits), later jobs start only where
+   they cannot delay it.
+6. **Idle dev GPUs**: preemptible jobs that find no training GPU may run on idle dev-pool GPUs,
+   and give them back when a user asks for an interactive slice (``reclaim_for_interactive``).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .cluster import ClusterState
+from .placement import get_policy
+from .units import Node, Placement, SliceRequest
+
+TRAIN_POOL = "train"
+DEV_POOL = "dev"
+
+
+class Priority(enum.IntEnum):
+    low = 0
+    normal = 1
+    high = 2
+
+
+@dataclass(frozen=True, slots=True)
+class BatchJob:
+    """A queued or running job as the scheduler sees it."""
+
+    id: str
+    owner: str
+    group: str | None
+    gpus: int
+    priority: Priority
+    submitted_at: float
+    time_limit_s: float
+    gpu_models: frozenset[str] = frozenset()
+    cpu_milli: int = 0
+    memory_mib: int = 0
+
+    def request(self, pool: str) -> SliceRequest:
+        return SliceRequest(
+            gpus=self.gpus,
+            gpu_models=self.gpu_models,
+            cpu_milli=self.cpu_milli,
+            memory_mib=self.memory_mib,
+            pool=pool,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunningJob:
+    job: BatchJob
+    placement: Placement
+    started_at: float
+    borrowed: bool
+    pool: str = TRAIN_POOL
+
+    @property
+    def ends_by(self) -> float:
+        return self.started_at + self.job.time_limit_s
+
+
+@dataclass(frozen=True, slots=True)
+class GroupShare:
+    """A group's batch quota: GPUs it holds as of right, and how many more it may borrow."""
+
+    guaranteed_gpus: int = 0
+    borrow_limit_gpus: int | None = None
+
+    @property
+    def weight(self) -> float:
+        """Fair-share weight: the guarantee, with a floor so groups without one still progress."""
+        return max(self.guaranteed_gpus, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    job: BatchJob
+    placement: Placement
+    borrowed: bool
+    pool: str
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt:
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    job_id: str
+    position: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Where and from when the first blocked job is expected to fit."""
+
+    job_id: str
+    node: str
+    start_by: float
+    spare_gpus: int  # GPUs free on that node at ``start_by`` beyond what the job needs
+
+
+@dataclass
+class Decision:
+    starts: list[Start] = field(default_factory=list)
+    preemptions: list[Preempt] = field(default_factory=list)
+    waiting: dict[str, Waiting] = field(default_factory=dict)
+    reservation: Reservation | None = None
+
+
+def decayed_usage(previous: float, gpus_held: float, elapsed_s: float, half_life_s: float) -> float:
+    """A group's GPU-seconds with exponential decay: recent use counts, last month's fades."""
+    if elapsed_s <= 0:
+        return previous
+    decay = 0.5 ** (elapsed_s / half_life_s)
+    return previous * decay + gpus_held * elapsed_s
+
+
+def fair_order(
+    queue: Iterable[BatchJob], usage: Mapping[str | None, float], shares: Mapping[str | None, GroupShare]
+) -> list[BatchJob]:
+    """Strict priority, then least usage per unit of guarantee, then submission order."""
+
+    def key(job: BatchJob):
+        share = shares.get(job.group, GroupShare())
+        return (-job.priority, usage.get(job.group, 0.0) / share.weight, job.submitted_at, job.id)
+
+    return sorted(queue, key=key)
+
+
+def schedule(
+    nodes: Sequence[Node],
+    running: Sequence[RunningJob],
+    queue: Iterable[BatchJob],
+    shares: Mapping[str | None, GroupShare],
+    usage: Mapping[str | None, float],
+    now: float,
+    interactive: Iterable[Placement] = (),
+    policy_name: str = "default",
+) -> Decision:
+    """One pass of the scheduler over the queue; the caller applies the decision."""
+    cluster = ClusterState(nodes)
+    for placement in interactive:
+        cluster.allocate(placement)
+    for held in running:
+        cluster.allocate(held.placement)
+    policy = get_policy(policy_name)
+    held_by_group: dict[str | None, list[int]] = defaultdict(lambda: [0, 0])  # [guaranteed, borrowed]
+    for held in running:
+        held_by_group[held.job.group][1 if held.borrowed else 0] += held.job.gpus
+    preempting: set[str] = set()
+    decision = Decision()
+    ordered = fair_order(queue, usage, shares)
+    for position, job in enumerate(ordered):
+        share = shares.get(job.group, GroupShare())
+        guaranteed_held, borrowed_held = held_by_group[job.group]
+        within_guarantee = guaranteed_held + job.gpus <= share.guaranteed_gpus
+        if not within_guarantee and share.borrow_limit_gpus is not None:
+            if guaranteed_held + borrowed_held + job.gpus > share.guaranteed_gpus + share.borrow_limit_gpus:
+                decision.waiting[job.id] = Waiting(
+                    job.id,
+                    position,
+                    f"group {job.group} holds {guaranteed_held + borrowed_held} GPUs, its guarantee of "
+                    f"{share.guaranteed_gpus} plus {share.borrow_limit_gpus} it may borrow; "
+                    f"this job needs {job.gpus} more",
+                )
+                continue
+        placement, pool = _place(cluster, policy, job, preemptible=not within_guarantee)
+        if placement is not None and not _backfill_allows(decision.reservation, placement, job, now):
+            placement = None
+        if placement is not None:
+            cluster.allocate(placement)
+            held_by_group[job.group][0 if within_guarantee else 1] += job.gpus
+            decision.starts.append(Start(job, placement, borrowed=not within_guarantee, pool=pool))
+            if decision.reservation and placement.node == decision.reservation.node:
+                reservation = decision.reservation
+                decision.reservation = Reservation(
+                    reservation.job_id,
+                    reservation.node,
+                    reservation.start_by,
+                    reservation.spare_gpus - job.gpus,
+                )
+            continue
+        reason = _waiting_reason(cluster, job, ordered[:position])
+        if within_guarantee:
+            victims = _preemption_plan(cluster, job, running, preempting)
+            if victims:
+                for victim in victims:
+                    preempting.add(victim.job.id)
+                    decision.preemptions.append(
+                        Preempt(
+                            victim.job.id,
+                            f"group {job.group} needs its guaranteed GPUs back for job {job.id}; "
+                            f"this job ran on {victim.job.gpus} borrowed GPUs",
+                        )
+                    )
+                reason = f"waiting for {len(victims)} borrowed job(s) to stop; " + reason
+        if decision.reservation is None:
+            decision.reservation = _reserve(cluster, job, running, now)
+        decision.waiting[job.id] = Waiting(job.id, position, reason)
+    return decision
+
+
+def _place(cluster: ClusterState, policy, job: BatchJob, preemptible: bool) -> tuple[Placement | None, str]:
+    placement = policy.place(cluster, job.request(TRAIN_POOL))
+    if placement is not None:
+        return placement, TRAIN_POOL
+    if preemptible or job.priority == Priority.low:
+        placement = policy.place(cluster, job.request(DEV_POOL))
+        if placement is not None:
+            return placement, DEV_POOL
+    return None, TRAIN_POOL
+
+
+def _backfill_allows(
+    reservation: Reservation | None, placement: Placement, job: BatchJob, now: float
+) -> bool:
+    """A later job may not delay the reserved one: it ends before the reservation starts, runs on
+    another node, or takes only GPUs the reserved job will not need."""
+    if reservation is None or placement.node != reservation.node:
+        return True
+    return now + job.time_limit_s <= reservation.start_by or job.gpus <= reservation.spare_gpus
+
+
+def _reserve(
+    cluster: ClusterState, job: BatchJob, running: Sequence[RunningJob], now: float
+) -> Reservation | None:
+    """The node where ``job`` fits soonest as running jobs reach their time limits."""
+    eligible = cluster.eligible(job.gpu_models, TRAIN_POOL)
+    ends_on: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for held in running:
+        ends_on[held.placement.node].append((held.ends_by, len(held.placement.shares)))
+    best: Reservation | None = None
+    for row, node in enumerate(cluster.nodes):
+        capacity = int(eligible[row].sum())
+        if capacity < job.gpus:
+            continue
+        free = int((eligible[row] & (cluster.milli_free[row] == 1000)).sum())
+        start_by = now
+        for ends_by, gpus in sorted(ends_on.get(node.name, [])):
+            if free >= job.gpus:
+                break
+            free += gpus
+            start_by = max(now, ends_by)
+        if free < job.gpus:
+            continue
+        free = min(free, capacity)
+        if best is None or start_by < best.start_by:
+            best = Reservation(job.id, node.name, start_by, free - job.gpus)
+    return best
+
+
+def _preemption_plan(
+    cluster: ClusterState, job: BatchJob, running: Sequence[RunningJob], preempting: set[str]
+) -> list[RunningJob]:
+    """The fewest borrowed jobs of other groups whose stop makes ``job`` fit on one node."""
+    eligible = cluster.eligible(job.gpu_models, TRAIN_POOL)
+    best: list[RunningJob] = []
+    for row, node in enumerate(cluster.nodes):
+        if int(eligible[row].sum()) < job.gpus:
+            continue
+        free = int((eligible[row] & (cluster.milli_free[row] == 1000)).sum())
+        candidates = sorted(
+            (
+                held
+                for held in running
+                if held.borrowed
+                and held.pool == TRAIN_POOL
+                and held.placement.node == node.name
+                and held.job.group != job.group
+                and held.job.id not in preempting
+            ),
+            key=lambda held: -held.started_at,  # the most recent loses the least work
+        )
+        victims = []
+        for held in candidates:
+            if free >= job.gpus:
+                break
+            victims.append(held)
+            free += held.job.gpus
+        if free >= job.gpus and victims and (not best or len(victims) < len(best)):
+            best = victims
+    return best
+
+
+def _waiting_reason(cluster: ClusterState, job: BatchJob, ahead: Sequence[BatchJob]) -> str:
+    models = "/".join(sorted(job.gpu_models)) + " " if job.gpu_models else ""
+    what = f"{job.gpus} {models}GPU{'s' if job.gpus != 1 else ''} on one node"
+    higher = sum(1 for other in ahead if other.priority > job.priority)
+    same = len(ahead) - higher
+    parts = [f"waiting for {what}"]
+    if higher:
+        parts.append(f"{higher} job{'s' if higher != 1 else ''} of higher priority ahead")
+    if same:
+        parts.append(f"{same} job{'s' if same != 1 else ''} of the same priority ahead")
+    if not cluster.eligible(job.gpu_models, TRAIN_POOL).sum(axis=1).max(initial=0) >= job.gpus:
+        parts = [f"no training node has {what.removesuffix(' on one node')}; the job can never start"]
+    return "; ".join(parts)
+
+
+def reclaim_for_interactive(
+    nodes: Sequence[Node],
+    interactive: Iterable[Placement],
+    running: Sequence[RunningJob],
+    slice_request: SliceRequest,
+    policy_name: str = "default",
+) -> list[RunningJob]:
+    """Jobs on dev GPUs to stop so that ``slice_request`` fits; empty if it fits already or if
+    stopping every such job would not make room either.
+
+    Interactive slices are never preempted by batch work: a developer who asks for a slice gets
+    back the dev GPUs that batch jobs borrowed while they were idle. The newest borrowers go first
+    (they lose the least work), and any of them the slice turns out not to need are kept.
+    """
+    interactive = list(interactive)
+    policy = get_policy(policy_name)
+
+    def fits_without(stopped: Sequence[RunningJob]) -> bool:
+        cluster = ClusterState(nodes)
+        for placement in interactive:
+            cluster.allocate(placement)
+        for job in running:
+            if job not in stopped:
+                cluster.allocate(job.placement)
+        return policy.place(cluster, slice_request) is not None
+
+    if fits_without([]):
+        return []
+    borrowers = sorted((job for job in running if job.pool == DEV_POOL), key=lambda job: -job.started_at)
+    chosen: list[RunningJob] = []
+    for job in borrowers:
+        chosen.append(job)
+        if fits_without(chosen):
+            break
+    else:
+        return []
+    for job in list(chosen):
+        trial = [other for other in chosen if other is not job]
+        if fits_without(trial):
+            chosen = trial
+    return chosen
+
+
+def gpu_hours(running: RunningJob, now: float) -> float:
+    """GPU-hours a running job has used so far."""
+    return running.job.gpus * max(0.0, now - running.started_at) / 3600
+
+
+def expected_gpu_hours(job: BatchJob) -> float:
+    return job.gpus * job.time_limit_s / 3600 if math.isfinite(job.time_limit_s) else 0.0

@@ -173,6 +173,16 @@ def schedule(
     preempting: set[str] = set()
     decision = Decision()
     ordered = fair_order(queue, usage, shares)
+    # Jobs ahead with a higher priority: the queue is sorted by priority first, so it is the
+    # number of jobs of higher levels, whatever the position inside a level.
+    per_level = defaultdict(int)
+    for queued in ordered:
+        per_level[queued.priority] += 1
+    higher_than = {level: sum(n for other, n in per_level.items() if other > level) for level in Priority}
+    borrowed_on = _borrowed_by_node(running)
+    # Shapes that found no room since the last start: the cluster has not changed for them, so a
+    # queue of thousands costs one placement attempt per shape, not per job.
+    no_room: set[tuple] = set()
     for position, job in enumerate(ordered):
         share = shares.get(job.group, GroupShare())
         guaranteed_held, borrowed_held = held_by_group[job.group]
@@ -187,10 +197,18 @@ def schedule(
                     f"this job needs {job.gpus} more",
                 )
                 continue
-        placement, pool = _place(cluster, policy, job, preemptible=not within_guarantee)
-        if placement is not None and not _backfill_allows(decision.reservation, placement, job, now):
+        shape = (job.gpus, job.gpu_models, job.cpu_milli, job.memory_mib, not within_guarantee, job.priority)
+        placement, pool = (
+            (None, TRAIN_POOL)
+            if shape in no_room
+            else _place(cluster, policy, job, preemptible=not within_guarantee)
+        )
+        if placement is None:
+            no_room.add(shape)
+        elif not _backfill_allows(decision.reservation, placement, job, now):
             placement = None
         if placement is not None:
+            no_room.clear()
             cluster.allocate(placement)
             held_by_group[job.group][0 if within_guarantee else 1] += job.gpus
             decision.starts.append(Start(job, placement, borrowed=not within_guarantee, pool=pool))
@@ -203,9 +221,11 @@ def schedule(
                     reservation.spare_gpus - job.gpus,
                 )
             continue
-        reason = _waiting_reason(cluster, job, ordered[:position])
+        reason = _waiting_reason(
+            cluster, job, higher_than[job.priority], position - higher_than[job.priority]
+        )
         if within_guarantee:
-            victims = _preemption_plan(cluster, job, running, preempting)
+            victims = _preemption_plan(cluster, job, borrowed_on, preempting)
             if victims:
                 for victim in victims:
                     preempting.add(victim.job.id)
@@ -272,32 +292,36 @@ def _reserve(
     return best
 
 
+def _borrowed_by_node(running: Sequence[RunningJob]) -> dict[str, list[RunningJob]]:
+    """Borrowed training jobs per node, newest first: the order in which they would yield."""
+    by_node: dict[str, list[RunningJob]] = defaultdict(list)
+    for held in running:
+        if held.borrowed and held.pool == TRAIN_POOL:
+            by_node[held.placement.node].append(held)
+    for jobs in by_node.values():
+        jobs.sort(key=lambda held: -held.started_at)  # the most recent loses the least work
+    return by_node
+
+
 def _preemption_plan(
-    cluster: ClusterState, job: BatchJob, running: Sequence[RunningJob], preempting: set[str]
+    cluster: ClusterState, job: BatchJob, borrowed_on: Mapping[str, list[RunningJob]], preempting: set[str]
 ) -> list[RunningJob]:
     """The fewest borrowed jobs of other groups whose stop makes ``job`` fit on one node."""
     eligible = cluster.eligible(job.gpu_models, TRAIN_POOL)
+    capacity = eligible.sum(axis=1)
+    free_whole = (eligible & (cluster.milli_free == 1000)).sum(axis=1)
     best: list[RunningJob] = []
-    for row, node in enumerate(cluster.nodes):
-        if int(eligible[row].sum()) < job.gpus:
+    for node_name, borrowed in borrowed_on.items():
+        row = cluster.node_index[node_name]
+        if capacity[row] < job.gpus:
             continue
-        free = int((eligible[row] & (cluster.milli_free[row] == 1000)).sum())
-        candidates = sorted(
-            (
-                held
-                for held in running
-                if held.borrowed
-                and held.pool == TRAIN_POOL
-                and held.placement.node == node.name
-                and held.job.group != job.group
-                and held.job.id not in preempting
-            ),
-            key=lambda held: -held.started_at,  # the most recent loses the least work
-        )
+        free = int(free_whole[row])
         victims = []
-        for held in candidates:
+        for held in borrowed:
             if free >= job.gpus:
                 break
+            if held.job.group == job.group or held.job.id in preempting:
+                continue
             victims.append(held)
             free += held.job.gpus
         if free >= job.gpus and victims and (not best or len(victims) < len(best)):
@@ -305,11 +329,9 @@ def _preemption_plan(
     return best
 
 
-def _waiting_reason(cluster: ClusterState, job: BatchJob, ahead: Sequence[BatchJob]) -> str:
+def _waiting_reason(cluster: ClusterState, job: BatchJob, higher: int, same: int) -> str:
     models = "/".join(sorted(job.gpu_models)) + " " if job.gpu_models else ""
     what = f"{job.gpus} {models}GPU{'s' if job.gpus != 1 else ''} on one node"
-    higher = sum(1 for other in ahead if other.priority > job.priority)
-    same = len(ahead) - higher
     parts = [f"waiting for {what}"]
     if higher:
         parts.append(f"{higher} job{'s' if higher != 1 else ''} of higher priority ahead")

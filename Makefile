@@ -13,13 +13,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# PostgreSQL server binaries from Debian's packages, for the ledger's PostgreSQL tests.
+# From Debian's packages: PostgreSQL server binaries for the ledger's PostgreSQL tests, and
+# Chromium for the browser tests (Playwright drives /usr/bin/chromium; no browser is downloaded).
+DEBIAN_PACKAGES := $(if $(wildcard /usr/lib/postgresql/*/bin/initdb),,postgresql) \
+	$(if $(wildcard /usr/bin/chromium),,chromium fonts-liberation)
 system-deps:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+	@if [ -n "$(strip $(DEBIAN_PACKAGES))" ]; then \
 		if command -v apt-get >/dev/null 2>&1; then \
-			echo "installing Debian's postgresql for the ledger tests"; \
-			$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; \
-		else echo "warning: no apt-get; PostgreSQL tests will be skipped"; fi; \
+			echo "installing Debian packages: $(strip $(DEBIAN_PACKAGES))"; \
+			$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+				$(SUDO) apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES) >/dev/null; \
+		else echo "warning: no apt-get; tests needing $(strip $(DEBIAN_PACKAGES)) will be skipped"; fi; \
 	fi
 
 run: $(STAMP)

@@ -57,18 +57,101 @@ c.Authenticator.admin_users = set(filter(None, os.environ.get("GPUSLICE_ADMIN_US
 if c.Authenticator.admin_users:
     c.SharedPasswordAuthenticator.admin_password = os.environ.get("GPUSLICE_ADMIN_PASSWORD")
 
-# Single-user servers run as the hub's own user in the quick start.
-c.JupyterHub.spawner_class = "simple"
+# Profiles and quotas: the dropdown's choices and the limits the service enforces (profiles/*.yaml).
+PROFILES_DIR = Path(os.environ.get("GPUSLICE_PROFILES_DIR", HERE / "profiles")).resolve()
+LEDGER_URL = os.environ.get("GPUSLICE_LEDGER_URL", f"sqlite:///{STATE_DIR / 'gpuslice.sqlite'}")
+SERVICE_URL = f"http://127.0.0.1:{os.environ.get('GPUSLICE_SERVICE_PORT', '10101')}"
+
+
+def service_token() -> str:
+    """The gpuslice service's own API token, generated once and kept; the spawner uses it too."""
+    token_file = STATE_DIR / "gpuslice-api-token"
+    if not token_file.exists():
+        token_file.write_text(secrets.token_hex(32) + "\n")
+        token_file.chmod(0o600)
+    return token_file.read_text().strip()
+
+
+def service_inventory_args() -> list[str]:
+    """Where the service's GPUs come from: NVML, else simulated demo GPUs labelled simulated."""
+    args = [f"--Inventory.source={os.environ.get('GPUSLICE_INVENTORY', 'auto')}"]
+    if os.environ.get("GPUSLICE_SIMULATED_GPUS"):
+        args.append(f"--Inventory.simulated_gpu_count={int(os.environ['GPUSLICE_SIMULATED_GPUS'])}")
+    if os.environ.get("GPUSLICE_GPUS_FILE"):
+        args.append(f"--Inventory.static_path={os.environ['GPUSLICE_GPUS_FILE']}")
+    return args
+
+
+# The companion service: the one owner of every GPU lease, started and stopped with the hub.
+c.JupyterHub.services = [
+    {
+        "name": "gpuslice",
+        "url": SERVICE_URL,
+        "api_token": service_token(),
+        "command": [
+            sys.executable,
+            "-m",
+            "spawner.service",
+            f"--ledger-url={LEDGER_URL}",
+            f"--profiles-dir={PROFILES_DIR}",
+            f"--pid-file={STATE_DIR / 'gpuslice.pid'}",
+            *service_inventory_args(),
+        ],
+        "cwd": str(HERE),
+        "environment": {"GPUSLICE_STATE_DIR": str(STATE_DIR)},
+    }
+]
+c.JupyterHub.custom_scopes = {
+    "custom:gpuslice:admin": {"description": "See and release every GPU lease in the gpuslice service."},
+}
+c.JupyterHub.load_roles = [
+    # Every user may call the service (the %%submit magic, the CLI); what they may do, it decides.
+    {"name": "user", "scopes": ["self", "access:services!service=gpuslice"]},
+    # The service reads users' groups and admin flags to pick profiles and the quota group, and
+    # their servers, to give back the slices of servers that are gone.
+    {
+        "name": "gpuslice-service",
+        "scopes": ["list:users", "read:users", "read:users:groups", "read:servers"],
+        "services": ["gpuslice"],
+    },
+]
+
+
+def groups_from_env(text: str) -> dict[str, dict[str, list[str]]]:
+    """``"researchers=alice,bob;vision=carol"`` -> JupyterHub's ``load_groups``."""
+    groups = {}
+    for entry in filter(None, (part.strip() for part in text.split(";"))):
+        name, _, members = entry.partition("=")
+        groups[name.strip()] = {"users": [user.strip() for user in members.split(",") if user.strip()]}
+    return groups
+
+
+# Groups pick the profiles a user sees and the group quota they are charged to. Real deployments
+# take groups from their authenticator (Authenticator.manage_groups) or the hub's admin page.
+if os.environ.get("GPUSLICE_GROUPS"):
+    c.JupyterHub.load_groups = groups_from_env(os.environ["GPUSLICE_GROUPS"])
+
+# Servers are local processes, each holding a GPU slice leased from the service. The quick start
+# runs them as the hub's own user; a shared server running the hub as root uses "gpuslice-local"
+# to run each as the user's own account.
+c.JupyterHub.spawner_class = os.environ.get("GPUSLICE_SPAWNER", "gpuslice-local-simple")
 c.Spawner.default_url = "/lab"
-# `make run` starts the hub from the virtual environment without activating it: run the
-# single-user server that sits beside this interpreter, not whatever PATH may hold.
-singleuser = Path(sys.executable).with_name("jupyterhub-singleuser")
-if singleuser.exists():
-    c.Spawner.cmd = [str(singleuser)]
-if os.geteuid() == 0:
-    # jupyter-server refuses to run as root unless told to; the quick start really does run it
-    # as root when the hub is root, so say so explicitly (and only then).
-    c.Spawner.args = ["--allow-root"]
+c.GPUSliceSpawnerMixin.service_url = f"{SERVICE_URL}/services/gpuslice/"
+c.GPUSliceSpawnerMixin.service_public_url = f"{c.JupyterHub.bind_url.rstrip('/')}/services/gpuslice/"
+c.GPUSliceSpawnerMixin.service_api_token = service_token()
+c.GPUSliceSpawnerMixin.profiles_dir = str(PROFILES_DIR)
+c.GPUSliceSpawnerMixin.enforcement = os.environ.get("GPUSLICE_ENFORCEMENT", "env")
+
+# How long a starting server may take to answer (seconds). JupyterHub's 30 s is short for
+# JupyterLab on a small, busy machine; a server killed for slowness gives its slice back anyway.
+c.Spawner.http_timeout = int(os.environ.get("GPUSLICE_HTTP_TIMEOUT", "90"))
+c.Spawner.start_timeout = max(c.Spawner.http_timeout + 30, 120)
+
+# Whether stopping the hub stops the servers (JupyterHub's default). With GPUSLICE_KEEP_SERVERS=1
+# servers and their slices outlive a hub restart, and the restarted hub picks them up again.
+# Either way no slice is lost: the service gives back, within minutes, the leases of servers the
+# hub no longer has (the hub stops its services before its servers, so those cannot release).
+c.JupyterHub.cleanup_servers = os.environ.get("GPUSLICE_KEEP_SERVERS", "0") != "1"
 
 print(
     f"gpuslice quick start: open {c.JupyterHub.bind_url} and log in with any user name and the "

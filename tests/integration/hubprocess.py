@@ -33,6 +33,7 @@ class HubProcess:
             "GPUSLICE_BIND_URL": self.url,
             "GPUSLICE_HUB_PORT": str(free_port()),
             "GPUSLICE_PROXY_API_URL": f"http://127.0.0.1:{free_port()}",
+            "GPUSLICE_SERVICE_PORT": str(free_port()),
             "GPUSLICE_PASSWORD": self.password,
             **(extra_env or {}),
         }

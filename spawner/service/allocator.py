@@ -135,7 +135,11 @@ class Allocator:
             reason = refusal.message if refusal else None
             if reason is None and count == 0:
                 reason = cluster.explain_no_fit(request)
-            profiles.append(_profile_json(profile, count, reason, refusal, quota_json))
+            eligible = [
+                gpu for node in nodes for gpu in node.gpus if request.gpu_count and request.allows(gpu)
+            ]
+            simulated = bool(eligible) and all(gpu.simulated for gpu in eligible)
+            profiles.append(_profile_json(profile, count, reason, refusal, quota_json, simulated))
         return {"user": user.name, "group": group, "profiles": profiles}
 
     def _quota_json(self, usage: quota.Usage, user: HubUser, group: str | None) -> dict[str, Any]:
@@ -157,7 +161,12 @@ def _holder_json(name: str, held: HolderUsage, limits: Limits) -> dict[str, Any]
 
 
 def _profile_json(
-    profile: Profile, count: int, reason: str | None, refusal: Refusal | None, quota_json: dict[str, Any]
+    profile: Profile,
+    count: int,
+    reason: str | None,
+    refusal: Refusal | None,
+    quota_json: dict[str, Any],
+    simulated: bool,
 ) -> dict[str, Any]:
     return {
         "slug": profile.slug,
@@ -168,6 +177,7 @@ def _profile_json(
         "gpus": profile.gpus,
         "available": reason is None,
         "free_slices": count,
+        "simulated": simulated,  # every GPU this profile can land on is a simulated demo GPU
         "reason": reason,
         "refusal": refusal.to_dict() if refusal else None,
         "quota": quota_json,

@@ -116,7 +116,7 @@ def test_a_fraction_of_a_thousand_or_more_says_to_use_whole_gpus(profiles_dir):
         (
             ["environment:", "  OMP_NUM_THREADS: 2"],
             "profiles/p.yaml:5: profiles[0].environment.OMP_NUM_THREADS: expected a string "
-            "(quote values such as \"1\" or \"true\"), got 2",
+            '(quote values such as "1" or "true"), got 2',
         ),
         (
             ["groups: vision"],

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from tornado import web
+from jupyterhub.spawner import SpawnException
 from traitlets import CaselessStrEnum, Float, Unicode, default
 from traitlets.config import LoggingConfigurable
 
@@ -30,15 +30,16 @@ from .service_client import LeaseRefused, ServiceClient, ServiceUnavailable
 TEMPLATE = "options_form.html"
 
 
-class SpawnRefused(web.HTTPError):
+class SpawnRefused(SpawnException):
     """A start that gpuslice refused or could not serve, with the sentence the user is shown.
 
-    JupyterHub shows ``jupyterhub_message`` on the spawn page, in the progress stream and in the
-    REST API's answer instead of a traceback; the HTTP status keeps it from reading as a 500.
+    JupyterHub logs a ``SpawnException`` without a traceback, counts it as a policy failure with
+    its ``reason`` in the spawn metrics, and shows ``jupyterhub_message`` on the spawn page, in the
+    progress stream and in the REST API's answer; the HTTP status keeps it from reading as a 500.
     """
 
-    def __init__(self, status: int, message: str):
-        super().__init__(status, "%s", message)
+    def __init__(self, status: int, message: str, *, reason: str):
+        super().__init__(message, reason=reason, status_code=status)
         self.jupyterhub_message = message
 
 
@@ -152,7 +153,9 @@ class GPUSliceSpawnerMixin(LoggingConfigurable):
                 return profile
         choices = ", ".join(profile.slug for profile in visible) or "none"
         raise SpawnRefused(
-            400, f"There is no profile {slug!r} for {self.user.name}; choose one of: {choices}."
+            400,
+            f"There is no profile {slug!r} for {self.user.name}; choose one of: {choices}.",
+            reason="profile",
         )
 
     def service_client(self) -> ServiceClient:
@@ -297,10 +300,13 @@ class GPUSliceSpawnerMixin(LoggingConfigurable):
                 503,
                 f"The GPU service is unavailable, so {profile.display_name} cannot start: {error}. "
                 "CPU-only profiles still start; try again in a minute or ask your admin.",
+                reason="gpu-service-unavailable",
             ) from None
         except LeaseRefused as error:
             self.lease_id = ""
-            raise SpawnRefused(409 if error.status == 409 else 400, error.message) from None
+            status = 409 if error.status == 409 else 400
+            why = error.reason or ("quota" if status == 409 else "bad-request")
+            raise SpawnRefused(status, error.message, reason=why) from None
         env = slice_environment(
             lease,
             profile=profile.slug,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.hubprocess import REPO_ROOT, HubProcess, free_port
+from integration.hubprocess import REPO_ROOT, HubProcess, free_port
 
 ADMIN = "hubadmin"
 ADMIN_PASSWORD = "an-admin-password-of-32-characters-or-more"

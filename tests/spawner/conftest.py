@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from integration.hubprocess import REPO_ROOT, HubProcess, free_port
 
 ADMIN = "hubadmin"

@@ -11,7 +11,7 @@ and is reported until its holder releases it. Times are Unix seconds as floats, 
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, String
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ..core.units import GPU, GPUShare, Lease, Node, Placement, SliceRequest, WorkloadClass
@@ -206,3 +206,62 @@ def node_from_rows(node: NodeRow, gpus: list[GPURow]) -> Node:
         gpus=tuple(gpu.to_gpu() for gpu in gpus),
         labels=dict(node.labels),
     )
+
+
+class JobRow(Base):
+    """One batch job: what was submitted, where it is in its life, and where its current run is.
+
+    The submission is kept whole (script, environment, provenance) so that the service can start
+    the job again after a restart or a preemption without asking the notebook. Free text (the
+    script, paths, reasons) is ``Text``: PostgreSQL enforces ``VARCHAR`` lengths.
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(index=True)
+    group: Mapped[str | None] = mapped_column("group_name")
+    name: Mapped[str]
+    payload_kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[str] = mapped_column(Text)
+    workdir: Mapped[str] = mapped_column(Text)
+    environment: Mapped[dict[str, str]] = mapped_column(JSON)
+    image: Mapped[str | None] = mapped_column(Text)
+    gpus: Mapped[int]
+    gpu_models: Mapped[list[str]] = mapped_column(JSON)
+    cpu_milli: Mapped[int]
+    memory_mib: Mapped[int]
+    priority: Mapped[str] = mapped_column(String(8))
+    time_limit_s: Mapped[float]
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[float]
+    started_at: Mapped[float | None]
+    ended_at: Mapped[float | None]
+    exit_code: Mapped[int | None]
+    reason: Mapped[str] = mapped_column(Text)
+    lease_id: Mapped[str | None]
+    node: Mapped[str | None]
+    gpu_uuids: Mapped[list[str]] = mapped_column(JSON)
+    pool: Mapped[str | None]
+    borrowed: Mapped[bool]
+    attempts: Mapped[int]
+    provenance: Mapped[dict[str, object]] = mapped_column(JSON)
+
+    __table_args__ = (Index("ix_jobs_state_created", "state", "created_at"),)
+
+
+class JobEventRow(Base):
+    """One state transition of a job, numbered per job so that the order survives equal times.
+
+    The number is the count of the job's earlier events, taken under the allocator lock, so it
+    needs no database sequence and two writers cannot take the same one.
+    """
+
+    __tablename__ = "job_events"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[float]
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)

@@ -12,22 +12,24 @@ loop never waits on the database, and the simulator and tests call it directly.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..core import quota
+from ..core.cluster import CapacityError
 from ..core.placement import ClusterState, WorkloadMix, get_policy
-from ..core.quota import QuotaPolicy, Usage
-from ..core.units import MILLI_PER_GPU, Lease, Node, Placement, SliceRequest, WorkloadClass
+from ..core.quota import QuotaPolicy, Refusal, Usage
+from ..core.units import MILLI_PER_GPU, Lease, Node, Placement, SliceRequest, WorkloadClass, gpus_by_uuid
 from .engine import create_ledger_engine, is_busy, lock_allocator, lock_connection, reader
 from .models import Base, GPURow, GPUUsageRow, LeaseRow, LeaseShareRow, NodeRow, node_from_rows
 from .results import (
@@ -44,6 +46,9 @@ log = logging.getLogger(__name__)
 Outcome = TypeVar("Outcome")
 
 MAX_LEASE_ID_LENGTH = 255
+
+EXACT_PLACEMENT_POLICY = "exact"
+"""The policy name recorded for leases granted on a placement the batch scheduler chose."""
 
 
 class Ledger:
@@ -216,47 +221,129 @@ class Ledger:
         the placement policy picks GPUs among what is free; a refusal or a lack of capacity comes
         back as a value, and nothing is written.
         """
-        if not lease_id or len(lease_id) > MAX_LEASE_ID_LENGTH:
-            raise ValueError(f"a lease id must be 1 to {MAX_LEASE_ID_LENGTH} characters, got {lease_id!r}")
-        workload = WorkloadClass(workload)
+        _check_lease_id(lease_id)
+        ask = _Ask(lease_id, holder, user, group, WorkloadClass(workload), slice_request, preemptible)
         get_policy(policy_name)  # an unknown name fails here, before any transaction
 
-        def work(session: Session) -> AllocationResult:
-            granted_at = self.clock() if now is None else now
-            row = session.get(LeaseRow, lease_id)
-            if row is not None:
-                _check_retry(row, holder, user, group, workload, slice_request, preemptible)
-                return AllocationResult(lease=row.to_lease(), existing=True)
-
-            live = _live_leases(session)
-            usage = _usage(session, live, granted_at)
-            refusal = quota.check(quota_policy, usage, user, group, workload, slice_request)
-            if refusal is not None:
-                return AllocationResult(refusal=refusal)
-
-            cluster = _cluster_state(session, live)
+        def choose(cluster: ClusterState, live: Sequence[Lease]) -> Placement | str:
             policy = get_policy(policy_name, self.workload_mix or _mix_of(live, slice_request))
             placement = policy.place(cluster, slice_request)
             if placement is None:
-                return AllocationResult(no_capacity=cluster.explain_no_fit(slice_request))
+                return cluster.explain_no_fit(slice_request)
             # Applying it checks it against the capacity once more: a policy bug must not
             # turn into an overcommitted GPU.
             cluster.allocate(placement)
-            lease = Lease(
-                id=lease_id,
-                holder=holder,
-                user=user,
-                group=group,
-                workload=workload,
-                request=slice_request,
-                placement=placement,
-                created_at=granted_at,
-                preemptible=preemptible,
-            )
-            session.add(LeaseRow.from_lease(lease, policy_name))
-            return AllocationResult(lease=lease)
+            return placement
 
-        return self._write(work)
+        refuse = functools.partial(quota.check, quota_policy)
+        return self._write(lambda session: self._grant(session, ask, refuse, choose, policy_name, now))
+
+    def grant(
+        self,
+        lease_id: str,
+        holder: str,
+        user: str,
+        group: str | None,
+        workload: WorkloadClass | str,
+        slice_request: SliceRequest,
+        placement: Placement,
+        quota_policy: QuotaPolicy,
+        *,
+        preemptible: bool = False,
+        now: float | None = None,
+        expected_gpu_hours: float = 0.0,
+    ) -> AllocationResult:
+        """Grant ``slice_request`` to ``holder`` on exactly ``placement``, or say why not.
+
+        The batch scheduler decides where its jobs go (gangs, backfill, borrowed dev GPUs), so
+        here the ledger does not ask a placement policy: it checks that the chosen placement still
+        fits the free capacity of the live leases, under the allocator lock, and records it. The
+        scheduler decided on a snapshot, so a placement that no longer fits (another grant came
+        first, a GPU left the inventory) is an ordinary outcome: ``no_capacity`` with a sentence,
+        and nothing written. Quota, idempotency by ``lease_id`` and conflicts are as in
+        :meth:`allocate`; a batch grant is checked with ``quota.check_batch_start``, given
+        ``expected_gpu_hours`` (what the job may spend: GPUs times its time limit) when known.
+
+        On a retry under the id of a live lease the lease comes back as it was granted
+        (``existing=True``), even if the scheduler has since chosen another placement: the
+        lease's own placement is where the job's GPUs are, so callers read it from the result.
+
+        A placement that does not match the request (share count, milli-GPU or memory per GPU,
+        CPU or memory, a GPU of a model or pool the request excludes) is a bug in the caller and
+        raises ``ValueError``.
+        """
+        _check_lease_id(lease_id)
+        workload = WorkloadClass(workload)
+        ask = _Ask(lease_id, holder, user, group, workload, slice_request, preemptible)
+        _check_placement_shape(slice_request, placement)
+
+        def choose(cluster: ClusterState, live: Sequence[Lease]) -> Placement | str:
+            _check_placement_gpus(cluster, slice_request, placement)
+            try:
+                cluster.allocate(placement)
+            except CapacityError as error:
+                return (
+                    f"the placement chosen for lease {lease_id} on node {placement.node} no longer "
+                    f"fits the free capacity ({error}); the scheduler will choose again"
+                )
+            return placement
+
+        def refuse(
+            usage: Usage, user: str, group: str | None, workload: WorkloadClass, request: SliceRequest
+        ) -> Refusal | None:
+            if workload is WorkloadClass.batch:
+                return quota.check_batch_start(
+                    quota_policy, usage, user, group, request, expected_gpu_hours=expected_gpu_hours
+                )
+            return quota.check(quota_policy, usage, user, group, workload, request)
+
+        return self._write(
+            lambda session: self._grant(session, ask, refuse, choose, EXACT_PLACEMENT_POLICY, now)
+        )
+
+    def _grant(
+        self,
+        session: Session,
+        ask: _Ask,
+        refuse: Callable[[Usage, str, str | None, WorkloadClass, SliceRequest], Refusal | None],
+        choose: Callable[[ClusterState, Sequence[Lease]], Placement | str],
+        policy_name: str,
+        now: float | None,
+    ) -> AllocationResult:
+        """The one grant transaction of :meth:`allocate` and :meth:`grant`, under the lock.
+
+        A retry returns the lease it already holds; otherwise ``refuse`` checks the quota against
+        the live leases and ``choose`` returns a placement it has applied to the free capacity,
+        or a sentence saying why there is none. Only a granted lease is written.
+        """
+        granted_at = self._now(now)
+        row = session.get(LeaseRow, ask.lease_id)
+        if row is not None:
+            _check_retry(row, ask.holder, ask.user, ask.group, ask.workload, ask.request, ask.preemptible)
+            return AllocationResult(lease=row.to_lease(), existing=True)
+
+        live = _live_leases(session)
+        usage = _usage(session, live, granted_at)
+        refusal = refuse(usage, ask.user, ask.group, ask.workload, ask.request)
+        if refusal is not None:
+            return AllocationResult(refusal=refusal)
+
+        chosen = choose(_cluster_state(session, live), live)
+        if isinstance(chosen, str):
+            return AllocationResult(no_capacity=chosen)
+        lease = Lease(
+            id=ask.lease_id,
+            holder=ask.holder,
+            user=ask.user,
+            group=ask.group,
+            workload=ask.workload,
+            request=ask.request,
+            placement=chosen,
+            created_at=granted_at,
+            preemptible=ask.preemptible,
+        )
+        session.add(LeaseRow.from_lease(lease, policy_name))
+        return AllocationResult(lease=lease)
 
     def release(self, lease_id: str, *, now: float | None = None) -> Lease | None:
         """End a lease and charge its GPU-seconds to its user and group.
@@ -343,6 +430,69 @@ class Ledger:
 
 
 # ------------------------------------------------------------------------------- helpers
+
+
+class _Ask(NamedTuple):
+    """Who asks for what under which lease id: what a retry must repeat exactly."""
+
+    lease_id: str
+    holder: str
+    user: str
+    group: str | None
+    workload: WorkloadClass
+    request: SliceRequest
+    preemptible: bool
+
+
+def _check_lease_id(lease_id: str) -> None:
+    if not lease_id or len(lease_id) > MAX_LEASE_ID_LENGTH:
+        raise ValueError(f"a lease id must be 1 to {MAX_LEASE_ID_LENGTH} characters, got {lease_id!r}")
+
+
+def _check_placement_shape(slice_request: SliceRequest, placement: Placement) -> None:
+    """Refuse a placement that is not one of ``slice_request``, whatever the free capacity."""
+    problems = []
+    if len(placement.shares) != slice_request.gpu_count:
+        problems.append(f"{len(placement.shares)} GPU shares for {slice_request.gpu_count} GPUs")
+    if len(set(placement.gpu_uuids)) != len(placement.shares):
+        problems.append("a GPU listed twice")
+    wrong_milli = [s.gpu_uuid for s in placement.shares if s.milli_gpu != slice_request.per_gpu_milli]
+    if wrong_milli:
+        problems.append(f"not {slice_request.per_gpu_milli} milli-GPU on {', '.join(wrong_milli)}")
+    if (placement.cpu_milli, placement.memory_mib) != (slice_request.cpu_milli, slice_request.memory_mib):
+        problems.append(
+            f"{placement.cpu_milli} milli-CPU and {placement.memory_mib} MiB for a request of "
+            f"{slice_request.cpu_milli} milli-CPU and {slice_request.memory_mib} MiB"
+        )
+    _raise_mismatch(placement, problems)
+
+
+def _raise_mismatch(placement: Placement, problems: Sequence[str]) -> None:
+    if problems:
+        raise ValueError(
+            f"the placement on node {placement.node} does not match the request: {'; '.join(problems)}"
+        )
+
+
+def _check_placement_gpus(cluster: ClusterState, slice_request: SliceRequest, placement: Placement) -> None:
+    """Refuse GPUs the request excludes or GPU memory that does not follow it.
+
+    GPUs the cluster does not know (gone from the inventory) are left to the capacity check,
+    which turns them into a ``no_capacity`` sentence.
+    """
+    gpus = gpus_by_uuid(cluster.nodes)
+    problems = []
+    for share in placement.shares:
+        gpu = gpus.get(share.gpu_uuid)
+        if gpu is None:
+            continue
+        if not slice_request.allows(gpu):
+            problems.append(f"GPU {gpu.uuid} ({gpu.model}, pools {sorted(gpu.pools)}) is not allowed")
+        elif share.memory_mib != slice_request.gpu_memory_on(gpu):
+            problems.append(
+                f"{share.memory_mib} MiB on GPU {gpu.uuid} instead of {slice_request.gpu_memory_on(gpu)}"
+            )
+    _raise_mismatch(placement, problems)
 
 
 def _check_retry(

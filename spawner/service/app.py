@@ -24,15 +24,16 @@ from spawner.core.placement import POLICIES
 from spawner.hub.profiles import ProfileConfigError, load_profiles
 from spawner.inventory import Inventory, InventoryConfigError
 from spawner.ledger import Ledger
+from spawner.ledger.jobs import JobStore
 
 from .allocator import Allocator
+from .executor import LocalExecutor
 from .handlers import handlers
 from .hub_users import HubUserDirectory
+from .jobs import JobService
+from .paths import state_dir
 from .reconcile import LeaseReconciler
-
-
-def _state_dir() -> Path:
-    return Path(os.environ.get("GPUSLICE_STATE_DIR", "var")).resolve()
+from .scheduling import BatchScheduler
 
 
 class GPUSliceService(Application):
@@ -40,7 +41,15 @@ class GPUSliceService(Application):
 
     name = "gpuslice-service"
     description = "The gpuslice JupyterHub service: the one owner of the GPU ledger."
-    classes = [Inventory, HubUserDirectory, HubAuth, LeaseReconciler]
+    classes = [
+        Inventory,
+        HubUserDirectory,
+        HubAuth,
+        LeaseReconciler,
+        JobService,
+        LocalExecutor,
+        BatchScheduler,
+    ]
 
     @default("log_level")
     def _default_log_level(self) -> int:
@@ -62,7 +71,7 @@ class GPUSliceService(Application):
 
     @default("ledger_url")
     def _default_ledger_url(self) -> str:
-        return f"sqlite:///{_state_dir() / 'gpuslice.sqlite'}"
+        return f"sqlite:///{state_dir() / 'gpuslice.sqlite'}"
 
     profiles_dir = Unicode(
         "profiles",
@@ -161,7 +170,15 @@ class GPUSliceService(Application):
         self.log.info("profiles: %d from %s", len(profiles), self.profiles_dir)
         return Allocator(ledger, profiles, self.users, self.placement_policy, self.reserve_cpu_and_memory)
 
-    def make_web_app(self, allocator: Allocator) -> web.Application:
+    def make_job_service(self, allocator: Allocator) -> JobService:
+        """The jobs in the ledger, run by local processes; the executor keeps its runs in
+        $GPUSLICE_STATE_DIR/jobs unless LocalExecutor.jobs_dir says otherwise."""
+        executor = LocalExecutor(parent=self)
+        if "jobs_dir" not in self.config.get("LocalExecutor", {}):
+            executor.jobs_dir = str(state_dir() / "jobs")
+        return JobService(JobStore(allocator.ledger), allocator, executor, parent=self)
+
+    def make_web_app(self, allocator: Allocator, jobs: JobService | None = None) -> web.Application:
         settings = {
             "allocator": allocator,
             "hub_auth": self.hub_auth,
@@ -169,13 +186,16 @@ class GPUSliceService(Application):
             "admin_scope": self.admin_scope,
             "hub_admins_are_admins": self.hub_admins_are_admins,
         }
-        return web.Application(handlers(self.service_prefix, settings))
+        return web.Application(handlers(self.service_prefix, settings), jobs=jobs)
 
     async def serve(self) -> None:
         allocator = await self.prepare_allocator()
         url = urlparse(self.service_url)
-        server = self.make_web_app(allocator).listen(url.port or 80, url.hostname or "127.0.0.1")
+        jobs = self.make_job_service(allocator)
+        server = self.make_web_app(allocator, jobs).listen(url.port or 80, url.hostname or "127.0.0.1")
         reconciling = LeaseReconciler(parent=self).start(allocator, self.users)
+        scheduler = BatchScheduler(parent=self)
+        scheduling = scheduler.start(jobs)
         self.log.info("gpuslice service at %s%s", self.service_url.rstrip("/"), self.service_prefix)
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -187,6 +207,8 @@ class GPUSliceService(Application):
         finally:
             if reconciling is not None:
                 reconciling.stop()
+            scheduler.stop()
+            scheduling.cancel()
             server.stop()
             allocator.ledger.close()
             self._remove_pid_file()

@@ -234,8 +234,10 @@ def route_pattern(prefix: str, template: str) -> str:
 
 def handlers(prefix: str, handler_settings: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
     """The tornado handler list under ``prefix`` (e.g. ``/services/gpuslice/``)."""
+    from .jobs_handlers import JOB_ROUTES  # they build on APIHandler, defined above
+
     rules = []
-    for template, handler in ROUTES:
+    for template, handler in ROUTES + JOB_ROUTES:
         settings = handler_settings if issubclass(handler, APIHandler) else {}
         rules.append((route_pattern(prefix, template), handler, settings))
     return rules

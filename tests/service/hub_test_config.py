@@ -68,7 +68,11 @@ c.JupyterHub.services = [
             *env.get("GPUSLICE_TEST_SERVICE_ARGS", "--LeaseReconciler.grace_seconds=3600").split(),
         ],
         "cwd": str(Path(__file__).resolve().parents[2]),
-        "environment": {"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        # Batch job runs and scripts go under the test's state directory, not the checkout.
+        "environment": {
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+            "GPUSLICE_STATE_DIR": str(STATE),
+        },
     },
     {"name": "test-admin", "api_token": env["GPUSLICE_TEST_ADMIN_TOKEN"]},
 ]

@@ -1,0 +1,127 @@
+"""The body of ``POST jobs``: its JSON Schema, time limits such as ``"12h"``, and size checks.
+
+The schema refuses unknown fields (``additionalProperties: false``) so that a typo such as
+``gpu`` is reported instead of silently running a job without a GPU; every message says which
+field to change and how.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+PRIORITIES = ("low", "normal", "high")
+
+JOB_BODY_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "script"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "script": {"type": "string", "minLength": 1},
+        "workdir": {"type": "string", "minLength": 1},
+        "gpus": {"type": "integer", "minimum": 0},
+        "gpu_models": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "priority": {"type": "string", "enum": list(PRIORITIES)},
+        "time_limit": {
+            "anyOf": [{"type": "string", "minLength": 1}, {"type": "number", "exclusiveMinimum": 0}]
+        },
+        "environment": {"type": "object", "additionalProperties": {"type": "string"}},
+        "provenance": {"type": "object"},
+    },
+}
+
+_VALIDATOR = Draft202012Validator(JOB_BODY_SCHEMA)
+
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])")
+
+
+class JobBodyError(ValueError):
+    """A job body that cannot be queued as written; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class JobBody:
+    name: str
+    script: str
+    workdir: str | None
+    gpus: int
+    gpu_models: frozenset[str]
+    priority: str
+    time_limit_s: float
+    environment: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_duration(value: str | float | int) -> float:
+    """``"12h"``, ``"30m"``, ``"1h30m"``, ``"90s"``, ``"2d"`` or a number of seconds, in seconds."""
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip().lower()
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = _DURATION.findall(text)
+            if not parts or _DURATION.sub("", text).strip():
+                raise JobBodyError(
+                    f"time_limit: {value!r} is not a duration; write it like '12h', '30m', '1h30m' "
+                    "or a number of seconds"
+                ) from None
+            seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    if seconds <= 0:
+        raise JobBodyError(f"time_limit: {value!r} is not a positive duration; give e.g. '30m'")
+    return seconds
+
+
+def describe_size(size: int) -> str:
+    """Bytes as people read them: ``2.3 MiB``, ``1 MiB``, ``512 KiB``, ``12 bytes``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} bytes"
+
+
+def parse_job_body(body: Any, *, max_payload_bytes: int, default_time_limit_s: float) -> JobBody:
+    """Check ``body`` against the schema and the payload limit; the result is ready to queue."""
+    problems = sorted(_VALIDATOR.iter_errors(body), key=lambda error: list(error.absolute_path))
+    if problems:
+        raise JobBodyError("; ".join(_describe(problem) for problem in problems))
+    script = body["script"]
+    size = len(script.encode())
+    if size > max_payload_bytes:
+        raise JobBodyError(
+            f"script is {describe_size(size)}; the limit is {describe_size(max_payload_bytes)} — "
+            "put data in files and read them from the script"
+        )
+    time_limit = body.get("time_limit")
+    return JobBody(
+        name=body["name"],
+        script=script,
+        workdir=body.get("workdir"),
+        gpus=body.get("gpus", 0),
+        gpu_models=frozenset(body.get("gpu_models", ())),
+        priority=body.get("priority", "normal"),
+        time_limit_s=default_time_limit_s if time_limit is None else parse_duration(time_limit),
+        environment=dict(body.get("environment", {})),
+        provenance=dict(body.get("provenance", {})),
+    )
+
+
+def _describe(error: Any) -> str:
+    where = "/".join(str(part) for part in error.absolute_path) or "body"
+    if error.validator == "additionalProperties":
+        allowed = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"{where}: {error.message}; the allowed fields are {allowed}"
+    if where == "gpus" and error.validator == "minimum":
+        return f"gpus: {error.instance} GPUs cannot be asked for; give 0 (CPU only) or more whole GPUs"
+    if where == "priority":
+        return f"priority: {error.instance!r} is not a priority; give one of {', '.join(PRIORITIES)}"
+    if where == "time_limit":
+        return "time_limit: write it like '12h', '30m' or a positive number of seconds"
+    return f"{where}: {error.message}"

@@ -1,0 +1,155 @@
+"""The REST API of batch jobs, under ``<service prefix>api/v1/jobs``.
+
+The same rules as for leases: users see and touch only their own jobs (403 otherwise), admins and
+the service itself see everyone's. The job service is the web application's ``jobs`` setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spawner.ledger.jobs import JobRecord, JobStateError
+
+from .handlers import APIHandler, api_error
+from .hub_users import UnknownUserError
+from .job_request import JobBodyError, parse_job_body
+from .jobs import STATES, TERMINAL_STATES, JobService
+
+
+def job_json(record: JobRecord, jobs: JobService) -> dict[str, Any]:
+    """A job as the API returns it, with its place in the queue while it waits."""
+    model = record.to_dict()
+    waiting = jobs.waiting.get(record.id) if record.state == "queued" else None
+    model["queue_position"] = waiting.position if waiting else None
+    model["waiting_reason"] = waiting.reason if waiting else None
+    return model
+
+
+class JobsAPIHandler(APIHandler):
+    @property
+    def jobs(self) -> JobService:
+        return self.application.settings["jobs"]
+
+    async def readable_job(self, job_id: str, action: str) -> JobRecord:
+        record = await self.jobs.get(job_id)
+        if record is None:
+            raise api_error(404, f"no job {job_id!r}; list yours with GET jobs")
+        self.refuse_unless_for(record.owner, f"{action} job {job_id}")
+        return record
+
+    async def cancel_job(self, job_id: str) -> None:
+        record = await self.readable_job(job_id, "cancel")
+        if record.state in TERMINAL_STATES and record.state != "cancelled":
+            raise api_error(409, f"job {job_id} has already {record.state}; there is nothing to cancel")
+        try:
+            record = await self.jobs.cancel(job_id, by=self.requester.name)
+        except JobStateError as error:
+            raise api_error(409, str(error)) from None
+        self.reply(200, {"job": job_json(record, self.jobs)})
+
+
+class JobsHandler(JobsAPIHandler):
+    async def get(self) -> None:
+        user = self.get_argument("user", None)
+        everyone = self.get_argument("all", "") in ("1", "true", "yes")
+        if everyone and not self.requester.sees_everyone:
+            raise api_error(
+                403, f"{self.requester.describe()} may not list every user's jobs; leave out all=1 for yours"
+            )
+        if user is not None:
+            self.refuse_unless_for(user, "list the jobs")
+        elif not everyone:
+            user = self.requester.name
+        states = self.get_arguments("state") or None
+        for state in states or ():
+            if state not in STATES:
+                raise api_error(400, f"state: no state {state!r}; give one of {', '.join(STATES)}")
+        records = await self.jobs.list(user, states)
+        self.reply(200, {"jobs": [job_json(record, self.jobs) for record in records]})
+
+    async def post(self) -> None:
+        if self.requester.kind != "user":
+            raise api_error(
+                403, f"{self.requester.describe()} may not submit jobs; submit with a user's token"
+            )
+        try:
+            body = parse_job_body(
+                self.json_body(),
+                max_payload_bytes=self.jobs.max_payload_bytes,
+                default_time_limit_s=self.jobs.default_time_limit_s(),
+            )
+            user = await self.allocator.users.get(self.requester.name)
+            record = await self.jobs.submit(user, body)
+        except JobBodyError as error:
+            raise api_error(400, str(error)) from None
+        except UnknownUserError as error:
+            raise api_error(403, str(error)) from None
+        self.reply(201, {"job": job_json(record, self.jobs)})
+
+
+class JobHandler(JobsAPIHandler):
+    async def get(self, job_id: str) -> None:
+        record = await self.readable_job(job_id, "see")
+        events = await self.jobs.events(job_id)
+        self.reply(200, {"job": job_json(record, self.jobs), "events": [event.to_dict() for event in events]})
+
+    async def delete(self, job_id: str) -> None:
+        await self.cancel_job(job_id)
+
+
+class JobCancelHandler(JobsAPIHandler):
+    async def post(self, job_id: str) -> None:
+        await self.cancel_job(job_id)
+
+
+class JobLogsHandler(JobsAPIHandler):
+    async def get(self, job_id: str) -> None:
+        record = await self.readable_job(job_id, "read the logs of")
+        try:
+            offset = int(self.get_argument("offset", "0"))
+        except ValueError:
+            offset = -1
+        if offset < 0:
+            raise api_error(400, "offset: give a byte offset of 0 or more (next_offset of the last answer)")
+        follow = self.get_argument("follow", "") in ("1", "true", "yes")
+        self.reply(200, await self.jobs.read_log(record, offset, follow))
+
+
+class JobResultHandler(JobsAPIHandler):
+    async def get(self, job_id: str) -> None:
+        record = await self.readable_job(job_id, "read the result of")
+        self.reply(
+            200,
+            {
+                "id": record.id,
+                "state": record.state,
+                "done": record.state in TERMINAL_STATES,
+                "exit_code": record.exit_code,
+                "reason": record.reason,
+            },
+        )
+
+
+class MetricsHandler(JobsAPIHandler):
+    """Prometheus metrics, for admins and monitoring tokens with the service's admin scope."""
+
+    async def get(self) -> None:
+        if not self.requester.sees_everyone:
+            raise api_error(
+                403,
+                f"{self.requester.describe()} may not read the metrics; they need the scope "
+                f"{self.admin_scope} or a hub admin",
+            )
+        body, content_type = await self.jobs.metrics.render(self.jobs.allocator.ledger)
+        self.set_header("Content-Type", content_type)
+        self.finish(body)
+
+
+JOB_ROUTES = [
+    ("jobs", JobsHandler),
+    ("jobs/{job_id}", JobHandler),
+    ("jobs/{job_id}/cancel", JobCancelHandler),
+    ("jobs/{job_id}/logs", JobLogsHandler),
+    ("jobs/{job_id}/result", JobResultHandler),
+    ("metrics", MetricsHandler),
+]

@@ -1,0 +1,302 @@
+"""The batch scheduling loop: the live side of ``core.scheduler``.
+
+Every ``interval_seconds`` one pass (under the job service's lock, so that a cancel never races a
+start):
+
+1. polls the executor for every running job, and finishes those that exited (succeeded or
+   failed, with the exit code and "time limit reached" when the executor stopped them) or whose
+   process vanished, giving back their leases;
+2. builds the scheduler's view from the ledger: nodes, the live leases (interactive slices and
+   anything not held by a running job just occupy their GPUs), running jobs with their
+   placements, the queue, each group's guaranteed and borrowable GPUs, and each group's decayed
+   GPU usage;
+3. asks ``core.scheduler.schedule`` for a decision, the same code the simulator replays;
+4. applies it: a lease on the chosen placement for every start, then the process; a stop, a
+   ``preempted`` record and a return to the queue for every preemption;
+5. keeps the waiting reasons and queue positions for ``GET jobs/{id}``.
+
+Decayed usage lives in memory only: after a restart of the service fair share starts again from
+zero, which costs at most one half-life of fairness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from tornado.ioloop import PeriodicCallback
+from traitlets import Float
+from traitlets.config import LoggingConfigurable
+
+from spawner.core import scheduler
+from spawner.core.quota import QuotaPolicy
+from spawner.core.scheduler import GroupShare, RunningJob, Start
+from spawner.core.units import Lease, WorkloadClass
+from spawner.ledger import LeaseConflictError, LedgerError
+
+from .executor.base import ExecutionState, UnknownJob
+from .jobs import JobService, describe_duration, run_id
+
+LOST = "the job's process vanished"
+LOST_IN_RESTART = "lost when the service restarted"
+
+
+def group_shares(policy: QuotaPolicy, groups: Sequence[str | None]) -> dict[str | None, GroupShare]:
+    """Each group's batch guarantee and borrowing limit, as the scheduler weighs them."""
+    shares: dict[str | None, GroupShare] = {}
+    for group in set(groups):
+        if group is None:
+            shares[None] = GroupShare()
+            continue
+        batch = policy.for_group(group).batch
+        shares[group] = GroupShare(batch.guaranteed_gpus, batch.borrowing_limit_gpus)
+    return shares
+
+
+class BatchScheduler(LoggingConfigurable):
+    """Starts queued jobs where ``core.scheduler`` says, and finishes the ones that end."""
+
+    interval_seconds = Float(
+        2.0,
+        help="How often (seconds) the queue is scheduled and running jobs are polled; 0 turns it off.",
+    ).tag(config=True)
+
+    preemption_grace_seconds = Float(
+        30.0,
+        help="""
+        Seconds a preempted job has between its stop signal (SIGTERM: checkpoint now) and being
+        killed; it then goes back to the queue.
+        """,
+    ).tag(config=True)
+
+    usage_half_life_seconds = Float(
+        7 * 86400.0,
+        help="""
+        Half-life of the GPU usage that fair share weighs between groups: a group's GPU-seconds
+        count half as much after this long. Kept in memory; it starts from zero when the service
+        restarts.
+        """,
+    ).tag(config=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.usage: dict[str | None, float] = defaultdict(float)
+        self._usage_at: float | None = None
+        self._callback: PeriodicCallback | None = None
+
+    # ------------------------------------------------------------------------------- running
+
+    async def poll_running(self, jobs: JobService, lost_reason: str = LOST) -> None:
+        """Finish every running job whose process exited or vanished."""
+        for record in await jobs.call(jobs.store.running):
+            status = await jobs.process_status(record)
+            if status is not None and status.state is ExecutionState.running:
+                continue
+            if status is None or status.state is ExecutionState.lost:
+                await jobs.finish(record, "failed", lost_reason, exit_code=None)
+                continue
+            if status.timed_out:
+                state = "failed"
+                reason = f"time limit reached ({describe_duration(record.time_limit_s)})"
+            elif status.exit_code == 0:
+                state, reason = "succeeded", "the script exited with code 0"
+            elif status.exit_code is not None and status.exit_code < 0:
+                state, reason = "failed", f"the script was killed by signal {-status.exit_code}"
+            else:
+                state, reason = "failed", f"the script exited with code {status.exit_code}"
+            await jobs.finish(record, state, reason, exit_code=status.exit_code)
+
+    # ----------------------------------------------------------------------------- one pass
+
+    async def schedule_once(self, jobs: JobService, now: float | None = None) -> scheduler.Decision:
+        """One whole pass; the caller holds ``jobs.lock``."""
+        now = time.time() if now is None else now
+        await self.poll_running(jobs)
+        ledger = jobs.allocator.ledger
+        nodes, leases, running_records, queued_records = await asyncio.gather(
+            jobs.call(ledger.nodes),
+            jobs.call(ledger.list_leases),
+            jobs.call(jobs.store.running),
+            jobs.call(jobs.store.queued),
+        )
+        by_id = {lease.id: lease for lease in leases}
+        running: list[RunningJob] = []
+        for record in running_records:
+            lease = by_id.pop(record.lease_id, None) if record.lease_id else None
+            if lease is None:
+                continue
+            running.append(
+                RunningJob(
+                    record.as_batch_job(), lease.placement, record.started_at, record.borrowed, record.pool
+                )
+            )
+        released = await self._release_orphans(
+            jobs, by_id.values(), {record.id for record in running_records}
+        )
+        occupied = [lease.placement for lease in by_id.values() if lease.id not in released]
+        self._decay_usage(running, now)
+        queue = [record.as_batch_job() for record in queued_records]
+        shares = group_shares(jobs.allocator.profiles.quotas, [job.group for job in queue] + list(self.usage))
+        decision = await asyncio.to_thread(
+            scheduler.schedule,
+            nodes,
+            running,
+            queue,
+            shares,
+            dict(self.usage),
+            now,
+            occupied,
+            jobs.allocator.policy_name,
+        )
+        waiting = dict(decision.waiting)
+        records = {record.id: record for record in queued_records}
+        for start in decision.starts:
+            refused = await self._start(jobs, records[start.job.id], start, now)
+            if refused is not None:
+                waiting[start.job.id] = scheduler.Waiting(start.job.id, 0, refused)
+        for preempt in decision.preemptions:
+            await jobs.preempt(preempt.job_id, preempt.reason, self.preemption_grace_seconds)
+        jobs.waiting = waiting
+        jobs.metrics.observe_queue(
+            (record.group, record.priority) for record in queued_records if record.id in waiting
+        )
+        return decision
+
+    def _decay_usage(self, running: Sequence[RunningJob], now: float) -> None:
+        elapsed = 0.0 if self._usage_at is None else now - self._usage_at
+        self._usage_at = now
+        held: dict[str | None, int] = defaultdict(int)
+        for job in running:
+            held[job.job.group] += job.job.gpus
+        for group in set(self.usage) | set(held):
+            self.usage[group] = scheduler.decayed_usage(
+                self.usage[group], held[group], elapsed, self.usage_half_life_seconds
+            )
+
+    async def _release_orphans(
+        self, jobs: JobService, leases: Iterable[Lease], running_ids: set[str]
+    ) -> set[str]:
+        """Batch leases whose job is not running (the service died between a grant and the
+        job's start, or between its end and the release) hold GPUs nobody uses: give them back."""
+        released = set()
+        for lease in leases:
+            if lease.workload == WorkloadClass.batch and lease.holder not in running_ids:
+                if await jobs.call(jobs.store.get, lease.holder) is not None:
+                    await jobs.release(lease.id)
+                    released.add(lease.id)
+                    self.log.info("released lease %s: job %s is not running", lease.id, lease.holder)
+        return released
+
+    async def _start(self, jobs: JobService, record, start: Start, now: float) -> str | None:
+        """Grant the lease and start the process; the reason it could not, else None."""
+        job = start.job
+        lease_id = run_id(record, record.attempts + 1)
+        try:
+            result = await jobs.call(
+                jobs.allocator.ledger.grant,
+                lease_id,
+                job.id,
+                job.owner,
+                job.group,
+                WorkloadClass.batch,
+                job.request(start.pool),
+                start.placement,
+                jobs.allocator.profiles.quotas,
+                preemptible=start.borrowed,
+                now=now,
+                expected_gpu_hours=scheduler.expected_gpu_hours(job),
+            )
+        except LeaseConflictError as error:
+            self.log.warning("job %s: %s", job.id, error)
+            return f"its lease {lease_id} could not be granted ({error})"
+        except LedgerError as error:
+            return f"the ledger is busy ({error}); trying again"
+        if not result.granted:
+            return result.reason
+        lease = result.lease
+        try:
+            await jobs.launch(record, lease)
+        except Exception as error:
+            self.log.exception("job %s could not start", job.id)
+            await jobs.release(lease.id)
+            await jobs.transition(
+                record.id, "failed", f"the job could not start: {error}", ended_at=time.time()
+            )
+            return None
+        await jobs.transition(
+            record.id,
+            "running",
+            f"started on node {lease.placement.node}"
+            + (f" ({start.pool} pool, borrowed GPUs: preemptible)" if start.borrowed else ""),
+            started_at=time.time(),
+            lease_id=lease.id,
+            node=lease.placement.node,
+            gpu_uuids=list(lease.placement.gpu_uuids),
+            pool=start.pool,
+            borrowed=start.borrowed,
+        )
+        self.log.info("job %s of %s started on %s %s", job.id, job.owner, lease.placement.node, lease_id)
+        return None
+
+    # -------------------------------------------------------------------------------- timing
+
+    async def recover(self, jobs: JobService) -> None:
+        """At service start: keep the jobs whose processes still run, finish the others, and
+        adopt the runs a crash left started but not yet recorded as running."""
+        async with jobs.lock:
+            for record in await jobs.call(jobs.store.queued):
+                await self._adopt(jobs, record)
+            await self.poll_running(jobs, lost_reason=LOST_IN_RESTART)
+
+    async def _adopt(self, jobs: JobService, record) -> None:
+        lease_id = run_id(record, record.attempts + 1)
+        try:
+            await jobs.executor.status(lease_id)
+        except UnknownJob:
+            return  # the usual case: the job never got as far as its process
+        held = await jobs.call(jobs.ledger.record, lease_id)
+        placement = held.lease.placement if held is not None else None
+        record = await jobs.transition(
+            record.id,
+            "running",
+            "its process was found running after the service restarted",
+            lease_id=lease_id,
+            node=placement.node if placement else None,
+            gpu_uuids=list(placement.gpu_uuids) if placement else [],
+            pool=held.lease.request.pool if held else None,
+            borrowed=held.lease.preemptible if held else False,
+        )
+        if held is None or not held.live:
+            await jobs.executor.stop(lease_id, 0)
+            await jobs.finish(record, "failed", f"{LOST_IN_RESTART} (its lease was gone)", exit_code=None)
+        self.log.info("job %s: adopted run %s after a restart", record.id, lease_id)
+
+    def start(self, jobs: JobService) -> asyncio.Task:
+        """Recover, then run a pass now and every ``interval_seconds``; failures are logged."""
+
+        async def tick() -> None:
+            try:
+                async with jobs.lock:
+                    await self.schedule_once(jobs)
+            except Exception:
+                self.log.exception(
+                    "the batch scheduling pass failed; trying again in %ss", self.interval_seconds
+                )
+
+        async def begin() -> None:
+            try:
+                await self.recover(jobs)
+            except Exception:
+                self.log.exception("recovering the running jobs failed; the next pass polls them again")
+            if self.interval_seconds > 0:
+                self._callback = PeriodicCallback(tick, self.interval_seconds * 1000)
+                self._callback.start()
+                await tick()
+
+        return asyncio.get_running_loop().create_task(begin())
+
+    def stop(self) -> None:
+        if self._callback is not None:
+            self._callback.stop()

@@ -174,6 +174,123 @@ def add_profiles_commands(commands: argparse._SubParsersAction) -> None:
     listing.set_defaults(handler=_profiles_list)
 
 
+# ------------------------------------------------------------------------------------ jobs
+
+
+def _client(args: argparse.Namespace):
+    from spawner.client import GPUSliceClient
+
+    return GPUSliceClient(service_url=args.service_url)
+
+
+def _job_line(job: dict) -> str:
+    gpus = f"{job.get('gpus', 0)} GPU"
+    return f"{job['id']}  {job['state']:<10} {gpus:<7} {job.get('priority', ''):<7} {job.get('name', '')}"
+
+
+def _jobs_submit(args: argparse.Namespace) -> int:
+    from spawner.client import TERMINAL_STATES, job_state
+
+    path = Path(args.file)
+    try:
+        script = path.read_text()
+    except OSError as error:
+        print(f"gpuslice jobs submit: cannot read {path}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    client = _client(args)
+    job = client.submit(
+        script,
+        name=args.name or path.name,
+        gpus=args.gpus,
+        priority=args.priority,
+        time_limit=args.time,
+        workdir=str(Path.cwd()),
+        provenance={
+            "file": str(path.resolve()),
+            "cwd": str(Path.cwd()),
+            "submitted_by": "gpuslice jobs submit",
+        },
+    )
+    job = job.get("job", job)
+    if args.wait:
+        if not args.json:
+            print(f"submitted {job['id']}; waiting for it to end", file=sys.stderr)
+            for text in client.follow_logs(job["id"]):
+                sys.stdout.write(text)
+                sys.stdout.flush()
+        answer = client.wait(job["id"])
+        job = answer.get("job", answer)
+    if args.json:
+        print(json.dumps(job, indent=2))
+    elif not args.wait:
+        print(_job_line(job))
+    if args.wait and job_state(job) in TERMINAL_STATES and job_state(job) != "succeeded":
+        return 1
+    return 0
+
+
+def _jobs_list(args: argparse.Namespace) -> int:
+    jobs = _client(args).jobs(state=args.state, all_users=args.all)
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+        return 0
+    if not jobs:
+        print("no jobs")
+    for job in jobs:
+        print(_job_line(job))
+    return 0
+
+
+def _jobs_logs(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.follow:
+        for text in client.follow_logs(args.id):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        return 0
+    sys.stdout.write(client.logs(args.id)["data"])
+    return 0
+
+
+def _jobs_cancel(args: argparse.Namespace) -> int:
+    answer = _client(args).cancel(args.id)
+    job = answer.get("job", answer)
+    print(f"{job['id']} {job['state']}")
+    return 0
+
+
+def add_jobs_commands(commands: argparse._SubParsersAction) -> None:
+    jobs = commands.add_parser(
+        "jobs",
+        help="submit and follow batch jobs on the training GPUs",
+        description="Batch jobs through the gpuslice service. Inside a server started by the hub, "
+        "JUPYTERHUB_API_TOKEN and GPUSLICE_SERVICE_URL are already set.",
+    )
+    jobs.add_argument("--service-url", help="the service's URL (default: $GPUSLICE_SERVICE_URL)")
+    job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    submit = job_commands.add_parser("submit", help="run a Python script as a queued job")
+    submit.add_argument("file", help="the script to run (from the working directory)")
+    submit.add_argument("--gpus", type=int, default=1, help="whole GPUs on one node (default 1)")
+    submit.add_argument("--priority", choices=["low", "normal", "high"], default="normal")
+    submit.add_argument("--time", help="time limit, e.g. 30m, 12h, or seconds")
+    submit.add_argument("--name", help="a name for the job (default: the file name)")
+    submit.add_argument("--wait", action="store_true", help="stream the logs and wait for the end")
+    submit.add_argument("--json", action="store_true", help="print the job as JSON (with its id)")
+    submit.set_defaults(handler=_jobs_submit)
+    listing = job_commands.add_parser("list", help="your jobs, newest first")
+    listing.add_argument("--state", help="only jobs in this state (queued, running, succeeded, ...)")
+    listing.add_argument("--all", action="store_true", help="every user's jobs (admins)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_jobs_list)
+    logs = job_commands.add_parser("logs", help="a job's output")
+    logs.add_argument("id")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep streaming until the job ends")
+    logs.set_defaults(handler=_jobs_logs)
+    cancel = job_commands.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("id")
+    cancel.set_defaults(handler=_jobs_cancel)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpuslice", description="jupyterhub-gpuslice command line")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -207,16 +324,23 @@ def build_parser() -> argparse.ArgumentParser:
     place.set_defaults(handler=_sim_place)
 
     add_profiles_commands(commands)
+    add_jobs_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from spawner.client import ServiceError
+
     try:
         return args.handler(args)
     except UnknownPolicyError as error:
         parser.error(str(error))
+    except ServiceError as error:
+        # The service's own sentence (quota, bad request, not found), never a traceback.
+        print(f"gpuslice {args.command}: {error}", file=sys.stderr)
+        return 1
     return 2
 
 

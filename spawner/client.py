@@ -1,0 +1,134 @@
+"""The REST client of the gpuslice service, shared by the ``gpuslice`` command and the notebook magic.
+
+Inside a server started by our spawners, ``JUPYTERHUB_API_TOKEN`` and ``GPUSLICE_SERVICE_URL`` are
+in the environment, so ``GPUSliceClient()`` needs no arguments. Every refusal of the service
+becomes a :class:`ServiceError` carrying the service's own sentence, so callers print what the
+service said rather than a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+
+TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class ServiceError(RuntimeError):
+    """The service refused a call, or could not be reached; ``str()`` is the sentence to show."""
+
+    def __init__(self, message: str, status: int | None = None, body: Any = None):
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class GPUSliceClient:
+    """Calls the service's API v1 with a JupyterHub token."""
+
+    def __init__(self, service_url: str | None = None, token: str | None = None, timeout: float = 30.0):
+        service_url = service_url or os.environ.get("GPUSLICE_SERVICE_URL", "")
+        token = token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        if not service_url:
+            raise ServiceError(
+                "GPUSLICE_SERVICE_URL is not set: run this inside a server started by the hub, "
+                "or pass the service URL (e.g. http://127.0.0.1:8000/services/gpuslice/)"
+            )
+        if not token:
+            raise ServiceError("JUPYTERHUB_API_TOKEN is not set: a JupyterHub API token is needed")
+        self.api = service_url.rstrip("/") + "/api/v1/"
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"token {token}"
+
+    def call(self, method: str, path: str, *, timeout: float | None = None, **kwargs) -> Any:
+        try:
+            response = self.session.request(
+                method, self.api + path, timeout=timeout or self.timeout, **kwargs
+            )
+        except requests.RequestException as error:
+            raise ServiceError(f"the gpuslice service at {self.api} cannot be reached: {error}") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400:
+            message = body.get("message") if isinstance(body, dict) else None
+            raise ServiceError(
+                message or f"the gpuslice service answered HTTP {response.status_code}",
+                response.status_code,
+                body,
+            )
+        return body
+
+    # ------------------------------------------------------------------ jobs
+
+    def submit(
+        self,
+        script: str,
+        *,
+        name: str,
+        gpus: int = 1,
+        priority: str = "normal",
+        time_limit: str | float | None = None,
+        workdir: str | None = None,
+        gpu_models: list[str] | None = None,
+        environment: dict[str, str] | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "script": script, "gpus": gpus, "priority": priority}
+        optional = {
+            "time_limit": time_limit,
+            "workdir": workdir,
+            "gpu_models": gpu_models,
+            "environment": environment,
+            "provenance": provenance,
+        }
+        body.update({key: value for key, value in optional.items() if value is not None})
+        return self.call("POST", "jobs", json=body)
+
+    def jobs(self, state: str | None = None, all_users: bool = False) -> list[dict[str, Any]]:
+        params = {
+            key: value for key, value in (("state", state), ("all", "1" if all_users else None)) if value
+        }
+        return self.call("GET", "jobs", params=params)["jobs"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self.call("GET", f"jobs/{job_id}")
+
+    def logs(self, job_id: str, offset: int = 0, follow: bool = False) -> dict[str, Any]:
+        params = {"offset": offset, **({"follow": "1"} if follow else {})}
+        return self.call("GET", f"jobs/{job_id}/logs", params=params, timeout=self.timeout + 30)
+
+    def follow_logs(self, job_id: str, offset: int = 0) -> Iterator[str]:
+        """Log text as it is written, until the job has ended and everything was read."""
+        while True:
+            chunk = self.logs(job_id, offset, follow=True)
+            if chunk["data"]:
+                yield chunk["data"]
+            offset = chunk["next_offset"]
+            if chunk["done"] and not chunk["data"]:
+                return
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self.call("POST", f"jobs/{job_id}/cancel")
+
+    def wait(self, job_id: str, poll_seconds: float = 2.0, timeout: float | None = None) -> dict[str, Any]:
+        """The job once it has ended; ``TimeoutError`` if ``timeout`` seconds pass first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job_state(job) in TERMINAL_STATES:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {job_state(job)} after {timeout:g}s")
+            time.sleep(poll_seconds)
+
+
+def job_state(job: dict[str, Any]) -> str:
+    """The state of a job answer, whether the job is at the top level or under ``"job"``."""
+    return (job.get("job") or job).get("state", "")

@@ -77,6 +77,10 @@ def service_inventory_args() -> list[str]:
     args = [f"--Inventory.source={os.environ.get('GPUSLICE_INVENTORY', 'auto')}"]
     if os.environ.get("GPUSLICE_SIMULATED_GPUS"):
         args.append(f"--Inventory.simulated_gpu_count={int(os.environ['GPUSLICE_SIMULATED_GPUS'])}")
+    if os.environ.get("GPUSLICE_TRAIN_GPUS"):
+        # GPU indices of this host reserved for the training queue, e.g. "4,5,6,7"
+        indices = [int(index) for index in os.environ["GPUSLICE_TRAIN_GPUS"].split(",") if index.strip()]
+        args.append(f"--Inventory.train_gpu_indices={indices}")
     if os.environ.get("GPUSLICE_GPUS_FILE"):
         args.append(f"--Inventory.static_path={os.environ['GPUSLICE_GPUS_FILE']}")
     return args

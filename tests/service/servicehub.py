@@ -100,6 +100,20 @@ class ServiceHub:
             time.sleep(0.3)
         raise RuntimeError(f"the gpuslice service did not answer within {timeout}s:\n{self.log()}")
 
+    def wait_for_service_restart(self, old_pid: int, timeout: float = 120) -> None:
+        """Until the hub has started a new service process (it checks every 30 s) and it answers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self.service_pid()
+            if pid not in (None, old_pid):
+                try:
+                    if requests.get(self.api + "health", timeout=2).ok:
+                        return
+                except requests.ConnectionError:
+                    pass
+            time.sleep(0.5)
+        raise AssertionError(f"the hub did not restart the service within {timeout:g} s:\n{self.log()}")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-8000:]
 

@@ -7,7 +7,6 @@ import signal
 import time
 
 import pytest
-import requests
 
 from .jobhub import FINAL, get_job, start_job_hub, submit, wait_for, wait_for_log
 
@@ -44,18 +43,7 @@ def test_running_and_queued_jobs_survive_a_killed_service(hub, tmp_path):
     old_pid = hub.service_pid()
     assert old_pid is not None, hub.log()
     os.kill(old_pid, signal.SIGKILL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        pid = hub.service_pid()
-        if pid not in (None, old_pid):
-            try:
-                if requests.get(hub.api + "health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"the hub did not restart the service within 120 s:\n{hub.log()}")
+    hub.wait_for_service_restart(old_pid)
 
     time.sleep(1.5)  # a few scheduling passes of the new service
     after = get_job(alice, hub, running["id"])["job"]

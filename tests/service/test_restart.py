@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import uuid
 
 import pytest
-import requests
 
 pytestmark = pytest.mark.slow
 
@@ -31,18 +29,7 @@ def test_a_restarted_service_keeps_every_lease(hub, service):
     assert old_pid is not None, hub.log()
     os.kill(old_pid, signal.SIGKILL)  # no chance to tidy up: the ledger alone must remember
     # The hub polls its managed services (every 30 s) and starts one that exited again.
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        pid = hub.service_pid()
-        if pid not in (None, old_pid):
-            try:
-                if requests.get(hub.api + "health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"the hub did not restart the service within 120 s:\n{hub.log()}")
+    hub.wait_for_service_restart(old_pid)
 
     assert service.get(hub.api + "leases", timeout=10).json()["leases"] == leases_before
     assert service.get(hub.api + "gpus", timeout=10).json()["gpus"] == gpus_before

@@ -9,6 +9,7 @@ the exit codes of those that ended meanwhile, and says ``lost`` for those that v
 from __future__ import annotations
 
 import enum
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,11 @@ def execution_environment(spec: ExecutionSpec) -> dict[str, str]:
     }
 
 
-class Executor(LoggingConfigurable):
+class _AbstractConfigurable(ABCMeta, type(LoggingConfigurable)):
+    """Traitlets' metaclass with ABCMeta's, so an executor missing a method cannot be created."""
+
+
+class Executor(LoggingConfigurable, metaclass=_AbstractConfigurable):
     """The interface the service's job runner drives; subclasses run jobs on one kind of infrastructure."""
 
     grace_seconds = Float(
@@ -91,25 +96,25 @@ class Executor(LoggingConfigurable):
         """,
     ).tag(config=True)
 
+    @abstractmethod
     async def start(self, spec: ExecutionSpec) -> ExecutionStatus:
         """Start ``spec`` on its GPUs and return its status once its process has been started."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement start")
 
+    @abstractmethod
     async def status(self, job_id: str) -> ExecutionStatus:
         """The job's status, from state that survives a restart of the service."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement status")
 
+    @abstractmethod
     async def stop(self, job_id: str, grace_s: float | None = None) -> ExecutionStatus:
         """Ask the job to stop (SIGTERM), kill it after ``grace_s`` (default ``grace_seconds``).
 
         Idempotent: stopping a job that has ended returns its status unchanged.
         """
-        raise NotImplementedError(f"{type(self).__name__} does not implement stop")
 
+    @abstractmethod
     def log_path(self, job_id: str) -> Path:
         """Where the job's combined stdout and stderr are kept."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement log_path")
 
+    @abstractmethod
     async def read_log(self, job_id: str, offset: int = 0, limit: int = 65536) -> tuple[bytes, int]:
         """Up to ``limit`` bytes of the log from ``offset``, and the offset to read from next."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement read_log")

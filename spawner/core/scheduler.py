@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .cluster import ClusterState
@@ -159,8 +159,15 @@ def schedule(
     now: float,
     interactive: Iterable[Placement] = (),
     policy_name: str = "default",
+    stopping: Collection[str] = frozenset(),
 ) -> Decision:
-    """One pass of the scheduler over the queue; the caller applies the decision."""
+    """One pass of the scheduler over the queue; the caller applies the decision.
+
+    ``stopping`` names jobs of ``running`` whose preemption is under way (they got their stop
+    signal and are checkpointing): they still hold their GPUs, are never preempted again, and a
+    job waiting for its guarantee counts on their GPUs before it preempts anyone else, so that a
+    grace period spanning several passes does not cost the borrowers one more victim per pass.
+    """
     cluster = ClusterState(nodes)
     for placement in interactive:
         cluster.allocate(placement)
@@ -179,7 +186,7 @@ def schedule(
     for queued in ordered:
         per_level[queued.priority] += 1
     higher_than = {level: sum(n for other, n in per_level.items() if other > level) for level in Priority}
-    borrowed_on = _borrowed_by_node(running)
+    borrowed_on = _borrowed_by_node(running, stopping)
     # Shapes that found no room since the last start: the cluster has not changed for them, so a
     # queue of thousands costs one placement attempt per shape, not per job.
     no_room: set[tuple] = set()
@@ -203,10 +210,12 @@ def schedule(
             if shape in no_room
             else _place(cluster, policy, job, preemptible=not within_guarantee)
         )
+        blocked_by_reservation = False
         if placement is None:
             no_room.add(shape)
         elif not _backfill_allows(decision.reservation, placement, job, now):
             placement = None
+            blocked_by_reservation = True
         if placement is not None:
             no_room.clear()
             cluster.allocate(placement)
@@ -224,11 +233,20 @@ def schedule(
         reason = _waiting_reason(
             cluster, job, higher_than[job.priority], position - higher_than[job.priority]
         )
+        if blocked_by_reservation:
+            reservation = decision.reservation
+            reason = (
+                f"it would fit now, but its time limit ({_duration(job.time_limit_s)}) would delay job "
+                f"{reservation.job_id}, first in the queue, which has node {reservation.node} reserved "
+                f"in {_duration(reservation.start_by - now)}; " + reason
+            )
         if within_guarantee:
-            victims = _preemption_plan(cluster, job, borrowed_on, preempting)
+            victims = _preemption_plan(cluster, job, borrowed_on, preempting, stopping)
             if victims:
                 for victim in victims:
                     preempting.add(victim.job.id)
+                    if victim.job.id in stopping:
+                        continue  # its stop signal went out in an earlier pass
                     decision.preemptions.append(
                         Preempt(
                             victim.job.id,
@@ -292,21 +310,32 @@ def _reserve(
     return best
 
 
-def _borrowed_by_node(running: Sequence[RunningJob]) -> dict[str, list[RunningJob]]:
-    """Borrowed training jobs per node, newest first: the order in which they would yield."""
+def _borrowed_by_node(
+    running: Sequence[RunningJob], stopping: Collection[str] = frozenset()
+) -> dict[str, list[RunningJob]]:
+    """Borrowed training jobs per node in the order they would yield: those already stopping
+    first (their GPUs come back anyway), then the newest (the most recent loses the least work)."""
     by_node: dict[str, list[RunningJob]] = defaultdict(list)
     for held in running:
-        if held.borrowed and held.pool == TRAIN_POOL:
+        if (held.borrowed or held.job.id in stopping) and held.pool == TRAIN_POOL:
             by_node[held.placement.node].append(held)
     for jobs in by_node.values():
-        jobs.sort(key=lambda held: -held.started_at)  # the most recent loses the least work
+        jobs.sort(key=lambda held: (held.job.id not in stopping, -held.started_at))
     return by_node
 
 
 def _preemption_plan(
-    cluster: ClusterState, job: BatchJob, borrowed_on: Mapping[str, list[RunningJob]], preempting: set[str]
+    cluster: ClusterState,
+    job: BatchJob,
+    borrowed_on: Mapping[str, list[RunningJob]],
+    preempting: set[str],
+    stopping: Collection[str] = frozenset(),
 ) -> list[RunningJob]:
-    """The fewest borrowed jobs of other groups whose stop makes ``job`` fit on one node."""
+    """The fewest borrowed jobs of other groups whose stop makes ``job`` fit on one node.
+
+    Jobs already ``stopping`` (and not yet counted on by another job of this pass) are taken
+    first and cost nothing: the plan with the fewest *new* preemptions wins.
+    """
     eligible = cluster.eligible(job.gpu_models, TRAIN_POOL)
     capacity = eligible.sum(axis=1)
     free_whole = (eligible & (cluster.milli_free == 1000)).sum(axis=1)
@@ -320,19 +349,44 @@ def _preemption_plan(
         for held in borrowed:
             if free >= job.gpus:
                 break
-            if held.job.group == job.group or held.job.id in preempting:
+            if held.job.id in preempting:
+                continue
+            if held.job.group == job.group and held.job.id not in stopping:
                 continue
             victims.append(held)
             free += held.job.gpus
-        if free >= job.gpus and victims and (not best or len(victims) < len(best)):
+
+        def new(plan: list[RunningJob]) -> int:
+            return sum(1 for held in plan if held.job.id not in stopping)
+
+        if free >= job.gpus and victims and (not best or new(victims) < new(best)):
             best = victims
     return best
+
+
+def _duration(seconds: float) -> str:
+    """``5400`` -> ``1h30m``: how long, as a waiting reason says it."""
+    seconds = max(0, round(seconds))
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts) or "0s"
 
 
 def _waiting_reason(cluster: ClusterState, job: BatchJob, higher: int, same: int) -> str:
     models = "/".join(sorted(job.gpu_models)) + " " if job.gpu_models else ""
     what = f"{job.gpus} {models}GPU{'s' if job.gpus != 1 else ''} on one node"
     parts = [f"waiting for {what}"]
+    if job.gpus > 1:
+        eligible = cluster.eligible(job.gpu_models, TRAIN_POOL)
+        free_per_node = (eligible & (cluster.milli_free == 1000)).sum(axis=1)
+        if free_per_node.sum() >= job.gpus and free_per_node.max(initial=0) < job.gpus:
+            parts.append(
+                f"{int(free_per_node.sum())} GPUs are free, but on different nodes "
+                "(a job's GPUs are never split across nodes)"
+            )
     if higher:
         parts.append(f"{higher} job{'s' if higher != 1 else ''} of higher priority ahead")
     if same:
@@ -348,6 +402,7 @@ def reclaim_for_interactive(
     running: Sequence[RunningJob],
     slice_request: SliceRequest,
     policy_name: str = "default",
+    stopping: Collection[str] = frozenset(),
 ) -> list[RunningJob]:
     """Jobs on dev GPUs to stop so that ``slice_request`` fits; empty if it fits already or if
     stopping every such job would not make room either.
@@ -355,6 +410,10 @@ def reclaim_for_interactive(
     Interactive slices are never preempted by batch work: a developer who asks for a slice gets
     back the dev GPUs that batch jobs borrowed while they were idle. The newest borrowers go first
     (they lose the least work), and any of them the slice turns out not to need are kept.
+
+    ``stopping`` names jobs of ``running`` whose stop is already under way (an earlier request
+    reclaimed them): they are counted on first, and come back in the answer if the slice needs
+    them, so that asking again while they checkpoint never stops one more job than needed.
     """
     interactive = list(interactive)
     policy = get_policy(policy_name)
@@ -370,7 +429,10 @@ def reclaim_for_interactive(
 
     if fits_without([]):
         return []
-    borrowers = sorted((job for job in running if job.pool == DEV_POOL), key=lambda job: -job.started_at)
+    borrowers = sorted(
+        (job for job in running if job.pool == DEV_POOL),
+        key=lambda job: (job.job.id not in stopping, -job.started_at),
+    )
     chosen: list[RunningJob] = []
     for job in borrowers:
         chosen.append(job)
@@ -378,7 +440,8 @@ def reclaim_for_interactive(
             break
     else:
         return []
-    for job in list(chosen):
+    # Drop the ones the slice does not need: new victims before the ones already stopping.
+    for job in sorted(chosen, key=lambda job: job.job.id in stopping):
         trial = [other for other in chosen if other is not job]
         if fits_without(trial):
             chosen = trial

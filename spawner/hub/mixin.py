@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -28,6 +29,8 @@ from .profiles import Profile, ProfileSet, load_profiles
 from .service_client import LeaseRefused, ServiceClient, ServiceUnavailable
 
 TEMPLATE = "options_form.html"
+RECLAIM_POLL_S = 2.0
+"""How often a start asks again while batch jobs give back its dev GPU (and updates the page)."""
 
 
 class SpawnRefused(SpawnException):
@@ -113,6 +116,16 @@ class GPUSliceSpawnerMixin(LoggingConfigurable):
     request_timeout = Float(
         10.0,
         help="Seconds to wait for the gpuslice service on each call before the start fails.",
+    ).tag(config=True)
+
+    reclaim_timeout = Float(
+        90.0,
+        help="""
+        Seconds a start waits while batch jobs give back the dev GPUs its slice needs (they get a
+        stop signal to checkpoint, then end; see BatchScheduler.preemption_grace_seconds). The spawn
+        page shows the wait; after this long the start fails saying so. Keep it below
+        Spawner.start_timeout, which bounds the whole start.
+        """,
     ).tag(config=True)
 
     lease_id = Unicode(
@@ -259,7 +272,12 @@ class GPUSliceSpawnerMixin(LoggingConfigurable):
             profile = await self.chosen_profile()
             self.profile_slug = profile.slug
             self.apply_profile(profile)
-            self.slice_env = {}
+            # Every server, CPU-only too, can send work to the training queue: it gets the
+            # service's URL and the kernelspec that loads %%submit; GPU profiles add their slice.
+            self.slice_env = with_kernel_limits(
+                {"GPUSLICE_SERVICE_URL": self.service_public_url or self.service_url},
+                os.environ.get("JUPYTER_PATH", ""),
+            )
             if profile.has_gpu:
                 self.slice_env = await self.take_slice(profile)
             self.progress_note("Starting your server")
@@ -293,7 +311,7 @@ class GPUSliceSpawnerMixin(LoggingConfigurable):
         self.progress_note(f"Asking gpuslice for {_slice_words(profile)}")
         client = self.service_client()
         try:
-            lease = await self._allocate_with_retry(client, profile)
+            lease = await self._allocate_waiting_for_reclaim(client, profile)
             gpus = await client.gpus()
         except ServiceUnavailable as error:
             raise SpawnRefused(
@@ -318,6 +336,35 @@ class GPUSliceSpawnerMixin(LoggingConfigurable):
         simulated = " (simulated)" if env.get("GPUSLICE_SIMULATED") else ""
         self.progress_note(f"Granted {env['CUDA_VISIBLE_DEVICES']} on {lease['node']}{simulated}")
         return with_kernel_limits(env, os.environ.get("JUPYTER_PATH", ""))
+
+    async def _allocate_waiting_for_reclaim(self, client: ServiceClient, profile: Profile) -> dict[str, Any]:
+        """POST leases, and while the service answers ``reclaiming`` (batch jobs borrowing the dev
+        GPU are checkpointing to give it back), wait and ask again under the same lease id, telling
+        the spawn page what it waits for, until granted, refused, or ``reclaim_timeout``."""
+        started = time.monotonic()
+        while True:
+            try:
+                return await self._allocate_with_retry(client, profile)
+            except LeaseRefused as refused:
+                if not refused.reclaiming:
+                    raise
+                waited = time.monotonic() - started
+                gpus = ", ".join(refused.details.get("gpus") or []) or "its dev GPU"
+                if waited >= self.reclaim_timeout:
+                    raise LeaseRefused(
+                        f"{profile.display_name} needs GPU {gpus}, which batch jobs were still giving "
+                        f"back after {round(waited)} s (they get time to save a checkpoint); try again "
+                        "in a minute, or ask your admin about the batch jobs' grace period.",
+                        409,
+                        "reclaim-timeout",
+                    ) from None
+                jobs = refused.details.get("stopping_jobs", 1)
+                who = "a batch job" if jobs == 1 else f"{jobs} batch jobs"
+                self.progress_note(
+                    f"Waiting for {who} to checkpoint and give back GPU {gpus} ({round(waited)} s)"
+                )
+                pause = min(refused.retry_after, RECLAIM_POLL_S, self.reclaim_timeout - waited)
+                await asyncio.sleep(max(pause, 0.1))
 
     async def _allocate_with_retry(self, client: ServiceClient, profile: Profile) -> dict[str, Any]:
         """POST leases, once more with the same id if the first answer was lost or the ledger busy."""

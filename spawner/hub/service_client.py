@@ -23,13 +23,33 @@ class ServiceUnavailable(Exception):
 
 
 class LeaseRefused(Exception):
-    """The service answered a lease request with a refusal (HTTP 409 or 400)."""
+    """The service answered a lease request with a refusal (HTTP 409 or 400).
 
-    def __init__(self, message: str, status: int, reason: str | None = None):
+    ``reason`` is the service's word for it: ``quota``, ``no_capacity``, or ``reclaiming`` (batch
+    jobs are giving back the dev GPUs the slice needs: ask again under the same lease id after
+    ``retry_after`` seconds); ``details`` is the whole answer, e.g. the ``gpus`` being given back.
+    """
+
+    def __init__(
+        self, message: str, status: int, reason: str | None = None, details: dict[str, Any] | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.status = status
         self.reason = reason
+        self.details = details or {}
+
+    @property
+    def reclaiming(self) -> bool:
+        return self.reason == "reclaiming"
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds the service asks the caller to wait before asking again (1 if it gave none)."""
+        try:
+            return max(1.0, float(self.details.get("retry_after", 1)))
+        except (TypeError, ValueError):
+            return 1.0
 
 
 @dataclass(frozen=True)
@@ -93,9 +113,11 @@ class ServiceClient:
         if status in (200, 201):
             return payload["lease"]
         if status in (400, 409):
-            return_reason = payload.get("reason") if isinstance(payload, dict) else None
-            message = payload.get("message") if isinstance(payload, dict) else None
-            raise LeaseRefused(message or f"refused with HTTP {status}", status, return_reason)
+            details = payload if isinstance(payload, dict) else {}
+            message = details.get("message")
+            raise LeaseRefused(
+                message or f"refused with HTTP {status}", status, details.get("reason"), details
+            )
         raise self.failure(status, payload)
 
     async def lease(self, lease_id: str) -> dict[str, Any] | None:

@@ -198,6 +198,22 @@ class GPUUsageRow(Base):
     gpu_seconds: Mapped[float]
 
 
+class FairShareUsageRow(Base):
+    """One group's decayed GPU-seconds, the figure fair share orders the batch queue by.
+
+    The batch scheduler keeps it in memory and writes it back after each pass, so that a restart
+    of the service does not hand every group a clean slate. ``group_name`` is ``""`` for jobs
+    charged to no group; ``updated_at`` is when the figure was last decayed, so that the next
+    service decays it over the time it was down too.
+    """
+
+    __tablename__ = "fair_share_usage"
+
+    group: Mapped[str] = mapped_column("group_name", primary_key=True)
+    gpu_seconds: Mapped[float]
+    updated_at: Mapped[float]
+
+
 def node_from_rows(node: NodeRow, gpus: list[GPURow]) -> Node:
     return Node(
         name=node.name,

@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import NamedTuple, TypeVar
 
@@ -31,7 +31,16 @@ from ..core.placement import ClusterState, WorkloadMix, get_policy
 from ..core.quota import QuotaPolicy, Refusal, Usage
 from ..core.units import MILLI_PER_GPU, Lease, Node, Placement, SliceRequest, WorkloadClass, gpus_by_uuid
 from .engine import create_ledger_engine, is_busy, lock_allocator, lock_connection, reader
-from .models import Base, GPURow, GPUUsageRow, LeaseRow, LeaseShareRow, NodeRow, node_from_rows
+from .models import (
+    Base,
+    FairShareUsageRow,
+    GPURow,
+    GPUUsageRow,
+    LeaseRow,
+    LeaseShareRow,
+    NodeRow,
+    node_from_rows,
+)
 from .results import (
     AllocationResult,
     GPUHolder,
@@ -424,6 +433,36 @@ class Ledger:
             return holders
 
         return self._read(work)
+
+    # ----------------------------------------------------------------------- fair share
+
+    def fair_share_usage(self) -> tuple[dict[str | None, float], float | None]:
+        """Every group's decayed GPU-seconds as last saved, and when they were last decayed
+        (``None`` when nothing was ever saved); the group ``None`` is the jobs of no group."""
+
+        def work(session: Session) -> tuple[dict[str | None, float], float | None]:
+            rows = list(session.scalars(select(FairShareUsageRow)))
+            usage = {(row.group or None): row.gpu_seconds for row in rows}
+            return usage, max((row.updated_at for row in rows), default=None)
+
+        return self._read(work)
+
+    def save_fair_share_usage(self, usage: Mapping[str | None, float], updated_at: float) -> None:
+        """Write each group's decayed GPU-seconds: one row per group, inserted or updated."""
+        if not usage:
+            return
+
+        def work(session: Session) -> None:
+            rows = {row.group: row for row in session.scalars(select(FairShareUsageRow))}
+            for group, gpu_seconds in usage.items():
+                key = group or ""
+                row = rows.get(key)
+                if row is None:
+                    session.add(FairShareUsageRow(group=key, gpu_seconds=gpu_seconds, updated_at=updated_at))
+                else:
+                    row.gpu_seconds, row.updated_at = gpu_seconds, updated_at
+
+        self._write(work)
 
     def _now(self, now: float | None) -> float:
         return self.clock() if now is None else now

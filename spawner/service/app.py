@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from jupyterhub.services.auth import HubAuth
+from jupyterhub.services.auth import HubOAuth
 from tornado import web
 from traitlets import Bool, Unicode, default
 from traitlets.config import Application
@@ -31,6 +32,7 @@ from .executor import LocalExecutor
 from .handlers import handlers
 from .hub_users import HubUserDirectory
 from .jobs import JobService
+from .pages import STATIC_DIR
 from .paths import state_dir
 from .reconcile import LeaseReconciler
 from .scheduling import BatchScheduler
@@ -44,7 +46,7 @@ class GPUSliceService(Application):
     classes = [
         Inventory,
         HubUserDirectory,
-        HubAuth,
+        HubOAuth,
         LeaseReconciler,
         JobService,
         LocalExecutor,
@@ -137,6 +139,19 @@ class GPUSliceService(Application):
         help="File to write the service's process id to while it runs (for tests and supervisors).",
     ).tag(config=True)
 
+    cookie_secret_file = Unicode(
+        help="""
+        File holding the secret that signs the web pages' login and XSRF cookies (hex, made once,
+        mode 0600). Kept in a file, as the hub keeps its own, so that a restarted service still
+        accepts the cookies of people who are logged in. Default: $GPUSLICE_STATE_DIR (or ./var)
+        /gpuslice_cookie_secret.
+        """,
+    ).tag(config=True)
+
+    @default("cookie_secret_file")
+    def _default_cookie_secret_file(self) -> str:
+        return str(state_dir() / "gpuslice_cookie_secret")
+
     aliases = {
         "config": "GPUSliceService.config_file",
         "ledger-url": "GPUSliceService.ledger_url",
@@ -151,7 +166,13 @@ class GPUSliceService(Application):
             # The command line wins over the file, as in JupyterHub.
             self.update_config(self.cli_config)
         self.inventory = Inventory(parent=self)
-        self.hub_auth = HubAuth(parent=self)
+        # HubOAuth, not HubAuth: API tokens work as before, and the web pages log people in
+        # through the hub's OAuth, leaving a cookie that the pages' own API calls use too.
+        self.hub_auth = HubOAuth(parent=self)
+        # Cookies and the OAuth callback live under the service's prefix unless configured otherwise.
+        configured = {**self.config.get("HubAuth", {}), **self.config.get("HubOAuth", {})}
+        if "base_url" not in configured:
+            self.hub_auth.base_url = self.service_prefix
         self.users = HubUserDirectory(parent=self)
         if not self.users.api_url:
             self.users.api_url = self.hub_auth.api_url
@@ -178,6 +199,17 @@ class GPUSliceService(Application):
             executor.jobs_dir = str(state_dir() / "jobs")
         return JobService(JobStore(allocator.ledger), allocator, executor, parent=self)
 
+    def cookie_secret(self) -> bytes:
+        """The secret that signs cookies, read from ``cookie_secret_file`` or made there once."""
+        path = Path(self.cookie_secret_file)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Created with mode 0600 from the start: the secret is never readable by others.
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as secret_file:
+                secret_file.write(secrets.token_hex(32) + "\n")
+        return bytes.fromhex(path.read_text().strip())
+
     def make_web_app(self, allocator: Allocator, jobs: JobService | None = None) -> web.Application:
         settings = {
             "allocator": allocator,
@@ -186,15 +218,25 @@ class GPUSliceService(Application):
             "admin_scope": self.admin_scope,
             "hub_admins_are_admins": self.hub_admins_are_admins,
         }
-        return web.Application(handlers(self.service_prefix, settings), jobs=jobs)
+        return web.Application(
+            handlers(self.service_prefix, settings),
+            jobs=jobs,
+            cookie_secret=self.cookie_secret(),
+            # The pages' script and style sheet, served by tornado's StaticFileHandler.
+            static_path=str(STATIC_DIR),
+            static_url_prefix=f"{self.service_prefix}static/",
+        )
 
     async def serve(self) -> None:
         allocator = await self.prepare_allocator()
         url = urlparse(self.service_url)
         jobs = self.make_job_service(allocator)
-        server = self.make_web_app(allocator, jobs).listen(url.port or 80, url.hostname or "127.0.0.1")
-        reconciling = LeaseReconciler(parent=self).start(allocator, self.users)
         scheduler = BatchScheduler(parent=self)
+        web_app = self.make_web_app(allocator, jobs)
+        # POST leases asks the scheduler to take dev GPUs back from batch jobs for a slice.
+        web_app.settings["scheduler"] = scheduler
+        server = web_app.listen(url.port or 80, url.hostname or "127.0.0.1")
+        reconciling = LeaseReconciler(parent=self).start(allocator, self.users)
         scheduling = scheduler.start(jobs)
         self.log.info("gpuslice service at %s%s", self.service_url.rstrip("/"), self.service_prefix)
         stopped = asyncio.Event()

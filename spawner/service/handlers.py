@@ -12,7 +12,7 @@ import re
 from importlib import resources
 from typing import Any
 
-from jupyterhub.services.auth import HubAuthenticated, UserNotAllowed
+from jupyterhub.services.auth import HubAuthenticated, HubOAuth, UserNotAllowed
 from tornado import web
 
 from spawner.ledger import LeaseConflictError, LedgerBusyError
@@ -61,7 +61,12 @@ class OpenAPIHandler(PublicHandler):
 
 
 class APIHandler(JSONErrorMixin, HubAuthenticated, web.RequestHandler):
-    """A token-authenticated endpoint; ``self.requester`` says who called."""
+    """An authenticated endpoint; ``self.requester`` says who called.
+
+    Programs send a JupyterHub API token. The service's own web pages call the same API with the
+    login cookie their OAuth left, and such calls must carry the pages' XSRF token (header
+    ``X-XSRFToken``), so that another site cannot make a logged-in browser act here.
+    """
 
     requester: Requester
 
@@ -85,13 +90,37 @@ class APIHandler(JSONErrorMixin, HubAuthenticated, web.RequestHandler):
         return set(self.hub_auth.access_scopes) | {self.admin_scope}
 
     def check_xsrf_cookie(self) -> None:
-        """Tokens, not cookies, authenticate this API, so there is no cross-site form to guard."""
+        """JupyterHub's check for cookie-authenticated calls; a token-authenticated call needs none.
+
+        A token in a header is something a cross-site form cannot send, so only calls that rely on
+        the pages' login cookie are checked (by ``HubOAuth``, which skips token-authenticated ones).
+        """
+        if isinstance(self.hub_auth, HubOAuth):
+            self.hub_auth.check_xsrf_cookie(self)
+
+    def has_login_cookie(self) -> bool:
+        """Whether the request carries the cookie that the service's OAuth login leaves."""
+        return isinstance(self.hub_auth, HubOAuth) and bool(self.get_secure_cookie(self.hub_auth.cookie_name))
 
     async def prepare(self) -> None:
         model = await self.hub_auth.get_user(self, sync=False)
+        if not model and self.has_login_cookie():
+            # HubOAuth ignores a login cookie whose call lacks the XSRF token; say so, instead of
+            # asking for an API token the page never had.
+            try:
+                self.check_xsrf_cookie()
+            except web.HTTPError as error:
+                raise api_error(
+                    403,
+                    f"this call is authenticated by the gpuslice pages' login cookie and must carry "
+                    f"their XSRF token in the header X-XSRFToken ({error.log_message}); reload the "
+                    "page, or call with 'Authorization: token <token>' instead",
+                ) from None
         if not model:
             raise api_error(
-                401, "this API needs a JupyterHub API token: send the header 'Authorization: token <token>'"
+                401,
+                "this API needs a JupyterHub API token: send the header 'Authorization: token <token>' "
+                "(or log in on the service's pages, which use the hub's login)",
             )
         requester = Requester.from_model(
             model,
@@ -187,8 +216,24 @@ class LeasesHandler(APIHandler):
                 },
             )
         elif result.no_capacity is not None:
-            self.reply(409, {"status": 409, "message": result.no_capacity, "reason": "no_capacity"})
+            # Batch jobs may be borrowing the dev GPUs this slice needs: they give them back
+            # (stop signal, grace period, requeue) while the caller waits and asks again.
+            settings = self.application.settings
+            scheduler, jobs = settings.get("scheduler"), settings.get("jobs")
+            reclaiming = None
+            if scheduler is not None and jobs is not None:
+                reclaiming = await scheduler.reclaim_for_interactive(
+                    jobs, lease_body.lease_id, self.allocator.placed(lease_body.slice_request)
+                )
+            if reclaiming is not None:
+                self.set_header("Retry-After", str(reclaiming.retry_after_s))
+                self.reply(409, reclaiming.to_dict())
+            else:
+                self.reply(409, {"status": 409, "message": result.no_capacity, "reason": "no_capacity"})
         else:
+            scheduler = self.application.settings.get("scheduler")
+            if scheduler is not None:
+                scheduler.interactive_granted(lease_body.lease_id)
             self.reply(200 if result.existing else 201, {"lease": lease_json(result.lease)})
 
 
@@ -233,11 +278,13 @@ def route_pattern(prefix: str, template: str) -> str:
 
 
 def handlers(prefix: str, handler_settings: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
-    """The tornado handler list under ``prefix`` (e.g. ``/services/gpuslice/``)."""
+    """The tornado handler list under ``prefix`` (e.g. ``/services/gpuslice/``): the REST API
+    below ``api/v1/``, then the web pages and their OAuth callback."""
     from .jobs_handlers import JOB_ROUTES  # they build on APIHandler, defined above
+    from .pages import page_handlers  # pages build on the same settings and on job_json
 
     rules = []
     for template, handler in ROUTES + JOB_ROUTES:
         settings = handler_settings if issubclass(handler, APIHandler) else {}
         rules.append((route_pattern(prefix, template), handler, settings))
-    return rules
+    return rules + page_handlers(prefix, handler_settings)

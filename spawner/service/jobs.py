@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,17 +29,43 @@ from spawner.ledger.jobs import JobRecord, JobSpec, JobStore
 from spawner.ledger.store import Ledger
 
 from .allocator import Allocator
-from .executor.base import ExecutionSpec, ExecutionStatus, Executor, UnknownJob
+from .executor.base import ExecutionSpec, ExecutionState, ExecutionStatus, Executor, UnknownJob
 from .hub_users import HubUser
-from .job_request import JobBody, JobBodyError, parse_duration
+from .job_request import CellPayload, JobBody, JobBodyError, parse_duration
 from .metrics import ServiceMetrics
 from .paths import state_dir
+from .payload import (
+    JOB_FILES_VARIABLE,
+    KEY_VARIABLE,
+    RESULTS_DIR,
+    RESULTS_VARIABLE,
+    SUMMARY_FILE,
+    VALUES_FILE,
+    job_key,
+    load_or_create_master_key,
+    write_signed_payload,
+)
 
 Result = TypeVar("Result")
 
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "preempted")
 SCRIPT_NAME = "script.py"
+
+
+@dataclass
+class Preemption:
+    """A preemption under way: the job has its stop signal, and its process is not gone yet."""
+
+    job_id: str
+    started: float
+    """``time.monotonic()`` when the stop signal went out."""
+    grace_s: float
+    task: asyncio.Task | None = None
+
+    def seconds_left(self) -> float:
+        """How long the job may still take to checkpoint before it is killed."""
+        return max(0.0, self.started + self.grace_s - time.monotonic())
 
 
 def run_id(record: JobRecord, attempt: int | None = None) -> str | None:
@@ -88,6 +117,16 @@ class JobService(LoggingConfigurable):
         help="The largest job script (bytes, UTF-8) a submission may carry; data belongs in files.",
     ).tag(config=True)
 
+    max_cell_payload_bytes = Int(
+        64 * 1024 * 1024,
+        help="""The largest %%submit cell payload (bytes, decoded) a submission may carry.
+
+        It holds the cell's functions, classes, local modules and small data values; bigger data
+        belongs in files the cell reads. The notebook refuses single values over its own limit
+        (``SubmitMagics.max_value_bytes``) before sending anything.
+        """,
+    ).tag(config=True)
+
     default_time_limit = Unicode(
         "12h",
         help="Time limit of a job that does not give one: '12h', '30m' or seconds.",
@@ -121,8 +160,23 @@ class JobService(LoggingConfigurable):
 
     python = Unicode(
         sys.executable,
-        help="The Python interpreter that runs job scripts; default: the service's own.",
+        help="""The Python interpreter that runs job scripts and cells; default: the service's own.
+
+        Cells run through ``spawner.service.runner``, so this interpreter needs this package and
+        cloudpickle, and the Python version (major.minor) of the notebooks' kernels.
+        """,
     ).tag(config=True)
+
+    signing_key_dir = Unicode(
+        help="""Where the master key signing cell payloads is kept (created once, mode 0600).
+
+        Default: $GPUSLICE_STATE_DIR. Each job gets a key derived from it and its id.
+        """,
+    ).tag(config=True)
+
+    @default("signing_key_dir")
+    def _default_signing_key_dir(self) -> str:
+        return str(state_dir())
 
     def __init__(self, store: JobStore, allocator: Allocator, executor: Executor, **kwargs: Any):
         super().__init__(**kwargs)
@@ -134,6 +188,8 @@ class JobService(LoggingConfigurable):
         """The last scheduling pass's position and reason for every job it left in the queue."""
         self.metrics = ServiceMetrics()
         """Queue, wait, preemption and outcome figures, served at .../metrics."""
+        self.preemptions: dict[str, Preemption] = {}
+        """Preemptions under way (stop signal sent, process not yet gone), by job id."""
 
     @property
     def ledger(self) -> Ledger:
@@ -164,7 +220,8 @@ class JobService(LoggingConfigurable):
             owner=user.name,
             group=quota.charge_group(user.groups, self.allocator.profiles.quotas),
             name=body.name,
-            payload=body.script,
+            payload=body.stored_payload(),
+            payload_kind=body.kind,
             workdir=body.workdir or "",
             environment=body.environment,
             image=None,
@@ -195,10 +252,16 @@ class JobService(LoggingConfigurable):
         return await self.call(self.store.events, job_id)
 
     async def read_log(self, record: JobRecord, offset: int, follow: bool) -> dict[str, Any]:
-        """Log text from ``offset``; with ``follow`` wait up to ``log_follow_seconds`` for some."""
+        """Log text from ``offset``; with ``follow`` wait up to ``log_follow_seconds`` for some.
+
+        The log of a job is the logs of all its runs in order, each run after the first opened by a
+        marker line that says why it ran again, and offsets address that whole text: a run before
+        the latest has ended and its log no longer grows, so every offset keeps meaning the same
+        byte however many runs follow, and a client following the log loses and repeats nothing.
+        """
         deadline = time.monotonic() + (self.log_follow_seconds if follow else 0)
         while True:
-            data, next_offset = await self._read_log(run_id(record), offset)
+            data, next_offset = await self._read_log(record, offset)
             if data or record.state in TERMINAL_STATES or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.25)
@@ -208,11 +271,70 @@ class JobService(LoggingConfigurable):
         done = record.state in TERMINAL_STATES and len(data) < self.log_chunk_bytes
         return {"data": text, "next_offset": next_offset, "done": done, "state": record.state}
 
-    async def _read_log(self, job_id: str | None, offset: int) -> tuple[bytes, int]:
+    async def _read_log(self, record: JobRecord, offset: int) -> tuple[bytes, int]:
+        """Up to ``log_chunk_bytes`` of the job's whole log (all runs) from ``offset``."""
+        if offset < 0:
+            raise ValueError(f"offset must not be negative, got {offset}")
+        segments = await self._log_segments(record)
+        wanted = self.log_chunk_bytes
+        chunks: list[bytes] = []
+        start = 0
+        for segment in segments:
+            if wanted <= 0:
+                break
+            if isinstance(segment, bytes):
+                if offset < start + len(segment):
+                    piece = segment[max(0, offset - start) : max(0, offset - start) + wanted]
+                    chunks.append(piece)
+                    wanted -= len(piece)
+                start += len(segment)
+                continue
+            run, size = segment
+            if size is not None and offset >= start + size:
+                start += size
+                continue
+            piece = await self._read_run_log(
+                run,
+                max(0, offset - start),
+                wanted if size is None else min(wanted, start + size - max(offset, start)),
+            )
+            chunks.append(piece)
+            wanted -= len(piece)
+            if size is None:
+                break  # the latest run: nothing follows it yet
+            start += size
+        data = b"".join(chunks)
+        return data, offset + len(data)
+
+    async def _log_segments(self, record: JobRecord) -> list[bytes | tuple[str, int | None]]:
+        """The job's log as pieces: for each run ``(run id, its size)``, the latest with size None
+        (it may still grow), and between runs the marker line as bytes."""
+        if record.attempts <= 1:
+            run = run_id(record)
+            return [(run, None)] if run else []
+        events = await self.events(record.id)
+        why = [event.reason for event in events if event.to_state == "preempted"]
+        segments: list[bytes | tuple[str, int | None]] = []
+        for attempt in range(1, record.attempts + 1):
+            run = run_id(record, attempt)
+            if attempt == record.attempts:
+                segments.append((run, None))
+                break
+            size, last_byte = await self.call(_log_size_and_last_byte, self.executor.log_path(run))
+            segments.append((run, size))
+            reason = why[attempt - 1] if attempt - 1 < len(why) else "it was started again"
+            marker = f"--- run {attempt + 1} (after preemption: {reason}) ---\n"
+            if size and last_byte != b"\n":
+                marker = "\n" + marker  # the marker starts a line of its own
+            segments.append(marker.encode("utf-8"))
+        return segments
+
+    async def _read_run_log(self, run: str, offset: int, limit: int) -> bytes:
         try:
-            return await self.executor.read_log(job_id or "", offset, self.log_chunk_bytes)
+            data, _ = await self.executor.read_log(run, offset, limit)
         except (UnknownJob, ValueError):
-            return b"", offset  # not started yet: no log so far
+            return b""  # not started yet: no log so far
+        return data
 
     # ------------------------------------------------------------------------ state changes
 
@@ -239,7 +361,14 @@ class JobService(LoggingConfigurable):
         return ended
 
     async def cancel(self, job_id: str, by: str) -> JobRecord:
-        """Cancel a queued or running job (stopping its process); a finished job stays as it is."""
+        """Cancel a queued or running job (stopping its process); a finished job stays as it is.
+
+        A job that is checkpointing for a preemption is cancelled once its process is gone and it
+        is back in the queue: its stop signal has gone out already, and its lease is released then.
+        """
+        preemption = self.preemptions.get(job_id)
+        if preemption is not None and preemption.task is not None:
+            await asyncio.shield(preemption.task)
         async with self.lock:
             record = await self.get(job_id)
             if record.state in TERMINAL_STATES:
@@ -251,33 +380,125 @@ class JobService(LoggingConfigurable):
             self.waiting.pop(job_id, None)
             return await self.transition(record.id, "cancelled", reason, ended_at=time.time())
 
-    async def preempt(self, job_id: str, reason: str, grace_s: float) -> None:
-        """Stop a running job that must yield its GPUs, and put it back in the queue."""
+    async def preempt(self, job_id: str, reason: str, grace_s: float) -> bool:
+        """Send a running job that must yield its GPUs its stop signal, and return at once.
+
+        The job is ``preempted`` from now on (the API shows it checkpointing) and keeps its lease,
+        so nothing else is placed on its GPUs while it writes its checkpoint; a background task
+        waits up to ``grace_s`` for the process to exit (then kills it), gives the lease back and
+        puts the job back in the queue. Neither the scheduling pass nor an HTTP request waits for
+        the grace period. Whether this call started a preemption (False: the job is not running,
+        or its preemption is already under way). The caller holds :attr:`lock`, as for every
+        change of a job's state; the background task takes it for its own.
+        """
+        if job_id in self.preemptions:
+            return False
         record = await self.get(job_id)
         if record is None or record.state != "running":
-            return
-        await self.executor.stop(run_id(record), grace_s)
-        await self.transition(record.id, "preempted", reason, ended_at=time.time())
-        if record.lease_id:
-            await self.release(record.lease_id)
-        await self.transition(record.id, "queued", "back in the queue after preemption")
-        self.log.info("job %s of %s preempted: %s", record.id, record.owner, reason)
+            return False
+        record = await self.transition(record.id, "preempted", reason)
+        self.log.info("job %s of %s preempted (grace %gs): %s", record.id, record.owner, grace_s, reason)
+        self.resume_preemption(record, grace_s)
+        return True
+
+    def resume_preemption(self, record: JobRecord, grace_s: float) -> Preemption:
+        """Finish the preemption of a ``preempted`` job in the background (after a restart too)."""
+        running = self.preemptions.get(record.id)
+        if running is not None:
+            return running
+        preemption = Preemption(record.id, time.monotonic(), grace_s)
+        self.preemptions[record.id] = preemption
+        preemption.task = asyncio.get_running_loop().create_task(self._finish_preemption(record, grace_s))
+        return preemption
+
+    async def _finish_preemption(self, record: JobRecord, grace_s: float) -> None:
+        """Wait for the process to go, then release its lease and queue the job again.
+
+        If the process cannot be stopped (the executor failed, or it outlived the kill), the job
+        stays ``preempted`` with its lease, and the next scheduling pass tries again.
+        """
+        try:
+            if not await self._stop_for_preemption(record, grace_s):
+                return
+            async with self.lock:
+                if record.lease_id:
+                    await self.release(record.lease_id)
+                await self.transition(record.id, "queued", "back in the queue after preemption")
+            self.log.info("job %s stopped after its preemption; back in the queue", record.id)
+        except Exception:
+            self.log.exception(
+                "job %s: finishing its preemption failed; the next pass tries again", record.id
+            )
+        finally:
+            self.preemptions.pop(record.id, None)
+
+    async def _stop_for_preemption(self, record: JobRecord, grace_s: float) -> bool:
+        """SIGTERM, up to ``grace_s`` to checkpoint, then SIGKILL; whether the process is gone."""
+        try:
+            status = await self.executor.stop(run_id(record) or "", grace_s)
+        except UnknownJob:
+            return True  # its process never started, so there is nothing to stop
+        if status.state is ExecutionState.running:
+            self.log.warning("job %s still runs after its stop; the next pass tries again", record.id)
+            return False
+        return True
 
     async def launch(self, record: JobRecord, lease: Lease) -> None:
-        """Write the job's script beside its work and start its process on the lease's GPUs."""
-        workdir = Path(record.workdir) if record.workdir else Path(self.scripts_dir) / record.id
-        script = await self.call(_write_script, Path(self.scripts_dir) / record.id, record.payload)
+        """Write the job's files (script, or signed cell payload) and start it on the lease's GPUs.
+
+        A script runs as ``python script.py``; a cell as ``python -m spawner.service.runner
+        cell.json``, with its derived key and its results directory in its environment. Each run
+        starts with an empty results directory, so a rerun after a preemption never shows the
+        results of the run before.
+        """
+        files = self.job_files_dir(record.id)
+        workdir = Path(record.workdir) if record.workdir else files
+        environment = {
+            **record.environment,
+            JOB_FILES_VARIABLE: str(files),
+            RESULTS_VARIABLE: str(files / RESULTS_DIR),
+        }
+        if record.payload_kind == "cell":
+            cell = CellPayload.from_stored(record.payload)
+            key = job_key(await self.call(self.master_key), record.id)
+            path = await self.call(_write_cell, files, key, record.id, cell)
+            argv = [self.python, "-m", "spawner.service.runner", str(path)]
+            environment[KEY_VARIABLE] = key.hex()
+        else:
+            script = await self.call(_write_script, files, record.payload)
+            argv = [self.python, str(script)]
         await self.executor.start(
             ExecutionSpec(
                 job_id=lease.id,
                 owner=record.owner,
-                argv=[self.python, str(script)],
+                argv=argv,
                 workdir=str(workdir),
-                environment=dict(record.environment),
+                environment=environment,
                 gpu_uuids=list(lease.placement.gpu_uuids),
                 time_limit_s=record.time_limit_s,
             )
         )
+
+    def job_files_dir(self, job_id: str) -> Path:
+        """The directory of a job's own files: script or payload, and results."""
+        return Path(self.scripts_dir).absolute() / job_id
+
+    def master_key(self) -> bytes:
+        """The key cell payloads are signed under (blocking file access: call in a thread)."""
+        return load_or_create_master_key(Path(self.signing_key_dir))
+
+    # ----------------------------------------------------------------------------- results
+
+    async def result_summary(self, record: JobRecord) -> dict[str, Any] | None:
+        """The runner's JSON summary of a cell job's results; None if it wrote none (yet).
+
+        Only JSON is read here: the values themselves are a pickle the service never loads.
+        """
+        return await self.call(_read_summary, self.job_files_dir(record.id) / RESULTS_DIR / SUMMARY_FILE)
+
+    def result_values_path(self, record: JobRecord) -> Path:
+        """Where the runner keeps the pickled values of a cell job (it may not exist)."""
+        return self.job_files_dir(record.id) / RESULTS_DIR / VALUES_FILE
 
     async def process_status(self, record: JobRecord) -> ExecutionStatus | None:
         """What the executor knows of a running job's process; None if it never started one."""
@@ -300,8 +521,41 @@ def _complete_utf8(data: bytes, final: bool) -> tuple[str, int]:
     return data.decode("utf-8", errors="replace"), len(data)
 
 
+def _fresh_job_files(directory: Path) -> None:
+    """The job's files directory, private to the service, without the results of an earlier run."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.rmtree(directory / RESULTS_DIR, ignore_errors=True)
+    (directory / RESULTS_DIR).mkdir(mode=0o700)
+
+
+def _log_size_and_last_byte(path: Path) -> tuple[int, bytes]:
+    """The size of an ended run's log and its last byte (b"" when it is empty or missing)."""
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, 2)
+            if size == 0:
+                return 0, b""
+            file.seek(size - 1)
+            return size, file.read(1)
+    except FileNotFoundError:
+        return 0, b""
+
+
 def _write_script(directory: Path, payload: str) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
+    _fresh_job_files(directory)
     script = directory / SCRIPT_NAME
     script.write_text(payload, encoding="utf-8")
     return script
+
+
+def _write_cell(directory: Path, key: bytes, job_id: str, cell: CellPayload) -> Path:
+    _fresh_job_files(directory)
+    return write_signed_payload(directory, key, job_id, cell.python, cell.payload)
+
+
+def _read_summary(path: Path) -> dict[str, Any] | None:
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None

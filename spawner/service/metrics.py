@@ -1,16 +1,17 @@
 """Prometheus metrics of the gpuslice service, in the style of the hub's own ``/hub/metrics``.
 
 What an admin wants on a dashboard: how long the queue is and how long jobs wait (per group and
-priority), how many GPUs are held (per pool and workload class), how often work is preempted, and
-how jobs end. Queue and outcome figures are fed by the scheduling loop as it decides; GPU holdings
-are read from the ledger when Prometheus scrapes, so they are never stale.
+priority), how many GPUs are held (per pool and workload class), how often work is preempted,
+each group's fair-share usage, and how jobs end. Queue, usage and outcome figures are fed by the
+scheduling loop as it decides; GPU holdings are read from the ledger when Prometheus scrapes, so
+they are never stale.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter as Tally
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -58,6 +59,12 @@ class ServiceMetrics:
         self.preemptions = Counter(
             "gpuslice_preemptions_total", "Batch jobs stopped to make room", ["group"], registry=self.registry
         )
+        self.fair_share_usage = Gauge(
+            "gpuslice_fair_share_usage_gpu_seconds",
+            "Each group's decayed batch GPU-seconds, by which fair share orders the queue",
+            ["group"],
+            registry=self.registry,
+        )
         self.job_outcomes = Counter(
             "gpuslice_jobs_finished_total",
             "Batch jobs that ended, by how",
@@ -80,6 +87,11 @@ class ServiceMetrics:
 
     def observe_outcome(self, group: str | None, state: str) -> None:
         self.job_outcomes.labels(group=_group_label(group), state=state).inc()
+
+    def observe_fair_share(self, usage: Mapping[str | None, float]) -> None:
+        """Set each group's decayed GPU-seconds, as the last scheduling pass weighed them."""
+        for group, gpu_seconds in usage.items():
+            self.fair_share_usage.labels(group=_group_label(group)).set(gpu_seconds)
 
     def observe_holdings(self, nodes: Sequence[Node], leases: Iterable[Lease]) -> None:
         """GPUs in the inventory and held, per pool; a GPU in two pools counts in each."""

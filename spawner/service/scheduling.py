@@ -11,20 +11,28 @@ start):
    placements, the queue, each group's guaranteed and borrowable GPUs, and each group's decayed
    GPU usage;
 3. asks ``core.scheduler.schedule`` for a decision, the same code the simulator replays;
-4. applies it: a lease on the chosen placement for every start, then the process; a stop, a
-   ``preempted`` record and a return to the queue for every preemption;
-5. keeps the waiting reasons and queue positions for ``GET jobs/{id}``.
+4. applies it: a lease on the chosen placement for every start, then the process; for every
+   preemption a ``preempted`` record and the stop signal, while a background task waits out the
+   grace period, gives the lease back and queues the job again (``JobService.preempt``), so a
+   job checkpointing for 30 s holds up neither this pass nor the API;
+5. keeps the waiting reasons and queue positions for ``GET jobs/{id}``, and writes each group's
+   decayed usage to the ledger, where the next service (after a restart) reads it back.
 
-Decayed usage lives in memory only: after a restart of the service fair share starts again from
-zero, which costs at most one half-life of fairness.
+A job being preempted still holds its GPUs until its process is gone: the pass counts it as
+running and ``stopping``, so that nothing else is placed on its GPUs and nobody else is preempted
+for the same need. Dev GPUs taken back for an interactive slice (:meth:`reclaim_for_interactive`)
+stay reserved for that slice for a while after their borrower stopped, so that the next pass does
+not lend them out again before the spawner's retry arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 from tornado.ioloop import PeriodicCallback
 from traitlets import Float
@@ -33,11 +41,15 @@ from traitlets.config import LoggingConfigurable
 from spawner.core import scheduler
 from spawner.core.quota import QuotaPolicy
 from spawner.core.scheduler import GroupShare, RunningJob, Start
-from spawner.core.units import Lease, WorkloadClass
+from spawner.core.units import Lease, Node, SliceRequest, WorkloadClass
 from spawner.ledger import LeaseConflictError, LedgerError
 
 from .executor.base import ExecutionState, UnknownJob
 from .jobs import JobService, describe_duration, run_id
+
+RESERVED_POOL = "reserved-for-interactive"
+"""The pool a reclaimed dev GPU is in for the scheduler while it waits for its interactive slice:
+no batch request asks for it, so no pass lends the GPU out again meanwhile."""
 
 LOST = "the job's process vanished"
 LOST_IN_RESTART = "lost when the service restarted"
@@ -53,6 +65,43 @@ def group_shares(policy: QuotaPolicy, groups: Sequence[str | None]) -> dict[str 
         batch = policy.for_group(group).batch
         shares[group] = GroupShare(batch.guaranteed_gpus, batch.borrowing_limit_gpus)
     return shares
+
+
+@dataclass(frozen=True)
+class InteractiveHold:
+    """Dev GPUs taken back for one interactive request, kept from batch jobs until ``until``."""
+
+    gpu_uuids: tuple[str, ...]
+    until: float
+    """``time.monotonic()`` after which the GPUs may be lent to batch jobs again."""
+
+
+@dataclass(frozen=True)
+class Reclaiming:
+    """What ``POST leases`` answers while batch jobs give back the dev GPUs a slice needs."""
+
+    jobs: int
+    gpus: list[str]
+    retry_after_s: int
+    ready_within_s: float
+
+    def message(self) -> str:
+        jobs = f"{self.jobs} batch job{'s' if self.jobs != 1 else ''}"
+        gpus = f"dev GPU{'s' if len(self.gpus) != 1 else ''} {', '.join(self.gpus)}"
+        return (
+            f"stopping {jobs} that borrowed the {gpus} (a stop signal to checkpoint, then the end); "
+            f"the slice is ready within ~{max(1, math.ceil(self.ready_within_s))} s: ask again then"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "status": 409,
+            "reason": "reclaiming",
+            "message": self.message(),
+            "retry_after": self.retry_after_s,
+            "stopping_jobs": self.jobs,
+            "gpus": self.gpus,
+        }
 
 
 class BatchScheduler(LoggingConfigurable):
@@ -75,8 +124,17 @@ class BatchScheduler(LoggingConfigurable):
         7 * 86400.0,
         help="""
         Half-life of the GPU usage that fair share weighs between groups: a group's GPU-seconds
-        count half as much after this long. Kept in memory; it starts from zero when the service
-        restarts.
+        count half as much after this long. Saved in the ledger after every pass (one row per
+        group), so a restarted service carries on from where the last one stopped.
+        """,
+    ).tag(config=True)
+
+    interactive_hold_seconds = Float(
+        60.0,
+        help="""
+        Seconds a dev GPU taken back from batch jobs for an interactive slice stays reserved for
+        that slice once its borrowers are gone (on top of their grace period), waiting for the
+        spawner to ask again. After that, idle, it may be lent to batch jobs again.
         """,
     ).tag(config=True)
 
@@ -84,7 +142,10 @@ class BatchScheduler(LoggingConfigurable):
         super().__init__(**kwargs)
         self.usage: dict[str | None, float] = defaultdict(float)
         self._usage_at: float | None = None
+        self._usage_loaded = False
         self._callback: PeriodicCallback | None = None
+        self.held_for_interactive: dict[str, InteractiveHold] = {}
+        """Dev GPUs reclaimed for an interactive slice, by the lease id the slice is asked under."""
 
     # ------------------------------------------------------------------------------- running
 
@@ -114,26 +175,24 @@ class BatchScheduler(LoggingConfigurable):
         """One whole pass; the caller holds ``jobs.lock``."""
         now = time.time() if now is None else now
         await self.poll_running(jobs)
+        await self._load_usage(jobs)
         ledger = jobs.allocator.ledger
-        nodes, leases, running_records, queued_records = await asyncio.gather(
+        nodes, leases, running_records, preempted_records, queued_records = await asyncio.gather(
             jobs.call(ledger.nodes),
             jobs.call(ledger.list_leases),
             jobs.call(jobs.store.running),
+            jobs.call(jobs.store.list, states=["preempted"]),
             jobs.call(jobs.store.queued),
         )
+        for record in preempted_records:
+            # After a restart (or a failed stop) nobody is finishing this preemption: resume it.
+            if record.id not in jobs.preemptions:
+                jobs.resume_preemption(record, self.preemption_grace_seconds)
         by_id = {lease.id: lease for lease in leases}
-        running: list[RunningJob] = []
-        for record in running_records:
-            lease = by_id.pop(record.lease_id, None) if record.lease_id else None
-            if lease is None:
-                continue
-            running.append(
-                RunningJob(
-                    record.as_batch_job(), lease.placement, record.started_at, record.borrowed, record.pool
-                )
-            )
+        running = self._running_jobs(running_records + preempted_records, by_id)
+        stopping = {record.id for record in preempted_records}
         released = await self._release_orphans(
-            jobs, by_id.values(), {record.id for record in running_records}
+            jobs, by_id.values(), {record.id for record in running_records + preempted_records}
         )
         occupied = [lease.placement for lease in by_id.values() if lease.id not in released]
         self._decay_usage(running, now)
@@ -141,7 +200,7 @@ class BatchScheduler(LoggingConfigurable):
         shares = group_shares(jobs.allocator.profiles.quotas, [job.group for job in queue] + list(self.usage))
         decision = await asyncio.to_thread(
             scheduler.schedule,
-            nodes,
+            self._without_held_gpus(nodes),
             running,
             queue,
             shares,
@@ -149,6 +208,7 @@ class BatchScheduler(LoggingConfigurable):
             now,
             occupied,
             jobs.allocator.policy_name,
+            stopping,
         )
         waiting = dict(decision.waiting)
         records = {record.id: record for record in queued_records}
@@ -162,7 +222,52 @@ class BatchScheduler(LoggingConfigurable):
         jobs.metrics.observe_queue(
             (record.group, record.priority) for record in queued_records if record.id in waiting
         )
+        jobs.metrics.observe_fair_share(self.usage)
+        await self._save_usage(jobs, now)
         return decision
+
+    @staticmethod
+    def _running_jobs(records, leases_by_id: dict[str, Lease]) -> list[RunningJob]:
+        """The scheduler's view of jobs holding GPUs; their leases are taken out of ``leases_by_id``."""
+        running: list[RunningJob] = []
+        for record in records:
+            lease = leases_by_id.pop(record.lease_id, None) if record.lease_id else None
+            if lease is None:
+                continue
+            running.append(
+                RunningJob(
+                    record.as_batch_job(),
+                    lease.placement,
+                    record.started_at or lease.created_at,
+                    record.borrowed,
+                    record.pool or scheduler.TRAIN_POOL,
+                )
+            )
+        return running
+
+    # ------------------------------------------------------------------- fair-share usage
+
+    async def _load_usage(self, jobs: JobService) -> None:
+        """The usage the last service saved, once, before the first pass decides anything."""
+        if self._usage_loaded:
+            return
+        saved, updated_at = await jobs.call(jobs.ledger.fair_share_usage)
+        for group, gpu_seconds in saved.items():
+            self.usage[group] = gpu_seconds
+        self._usage_at = updated_at
+        self._usage_loaded = True
+        if saved:
+            self.log.info(
+                "fair-share usage of %d group(s) read back from the ledger: %s",
+                len(saved),
+                ", ".join(f"{group or '(none)'}={seconds:.0f} GPU-s" for group, seconds in saved.items()),
+            )
+
+    async def _save_usage(self, jobs: JobService, now: float) -> None:
+        try:
+            await jobs.call(jobs.ledger.save_fair_share_usage, dict(self.usage), now)
+        except LedgerError as error:
+            self.log.warning("fair-share usage not saved this pass (%s); the next pass saves it", error)
 
     def _decay_usage(self, running: Sequence[RunningJob], now: float) -> None:
         elapsed = 0.0 if self._usage_at is None else now - self._usage_at
@@ -239,6 +344,92 @@ class BatchScheduler(LoggingConfigurable):
         )
         self.log.info("job %s of %s started on %s %s", job.id, job.owner, lease.placement.node, lease_id)
         return None
+
+    # ------------------------------------------------------------ dev GPUs for interactive
+
+    def _without_held_gpus(self, nodes: list[Node]) -> list[Node]:
+        """``nodes`` with the GPUs held for interactive slices moved to a pool no job asks for."""
+        self._forget_expired_holds()
+        held = {uuid for hold in self.held_for_interactive.values() for uuid in hold.gpu_uuids}
+        if not held:
+            return nodes
+        return [
+            replace(
+                node,
+                gpus=tuple(
+                    replace(gpu, pools=frozenset({RESERVED_POOL})) if gpu.uuid in held else gpu
+                    for gpu in node.gpus
+                ),
+            )
+            for node in nodes
+        ]
+
+    def _forget_expired_holds(self) -> None:
+        now = time.monotonic()
+        for lease_id in [key for key, hold in self.held_for_interactive.items() if hold.until <= now]:
+            del self.held_for_interactive[lease_id]
+
+    def interactive_granted(self, lease_id: str) -> None:
+        """The slice asked for under ``lease_id`` got its lease: its reclaimed GPUs are its own now."""
+        self.held_for_interactive.pop(lease_id, None)
+
+    async def reclaim_for_interactive(
+        self, jobs: JobService, lease_id: str, slice_request: SliceRequest
+    ) -> Reclaiming | None:
+        """Take dev GPUs back from the batch jobs borrowing them so ``slice_request`` fits.
+
+        Called when an interactive slice found no capacity. ``core.scheduler.reclaim_for_interactive``
+        decides which jobs must go (counting those already stopping first, so a retry of the same
+        request never stops another job); they are preempted here, their GPUs held for this
+        request, and the answer says how long the caller should wait. None when stopping batch jobs
+        would not make room, so the slice is refused as usual.
+        """
+        async with jobs.lock:
+            ledger = jobs.ledger
+            nodes, leases, running_records, preempted_records = await asyncio.gather(
+                jobs.call(ledger.nodes),
+                jobs.call(ledger.list_leases),
+                jobs.call(jobs.store.running),
+                jobs.call(jobs.store.list, states=["preempted"]),
+            )
+            by_id = {lease.id: lease for lease in leases}
+            running = self._running_jobs(running_records + preempted_records, by_id)
+            stopping = {record.id for record in preempted_records}
+            victims = await asyncio.to_thread(
+                scheduler.reclaim_for_interactive,
+                nodes,
+                [lease.placement for lease in by_id.values()],
+                running,
+                slice_request,
+                jobs.allocator.policy_name,
+                stopping,
+            )
+            if not victims:
+                return None
+            gpu_names = {gpu.uuid: f"{node.name}:{gpu.index}" for node in nodes for gpu in node.gpus}
+            uuids = tuple(dict.fromkeys(uuid for victim in victims for uuid in victim.placement.gpu_uuids))
+            names = [gpu_names.get(uuid, uuid) for uuid in uuids]
+            for victim in victims:
+                if victim.job.id not in stopping:
+                    await jobs.preempt(
+                        victim.job.id,
+                        f"an interactive slice needs the dev GPU {', '.join(names)} it borrowed",
+                        self.preemption_grace_seconds,
+                    )
+            left = max(
+                (
+                    jobs.preemptions[victim.job.id].seconds_left()
+                    for victim in victims
+                    if victim.job.id in jobs.preemptions
+                ),
+                default=0.0,
+            )
+            self.held_for_interactive[lease_id] = InteractiveHold(
+                uuids, time.monotonic() + left + self.interactive_hold_seconds
+            )
+        return Reclaiming(
+            jobs=len(victims), gpus=names, retry_after_s=min(max(1, math.ceil(left)), 10), ready_within_s=left
+        )
 
     # -------------------------------------------------------------------------------- timing
 

@@ -73,6 +73,11 @@ c.JupyterHub.services = [
             "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
             "GPUSLICE_STATE_DIR": str(STATE),
         },
+        # As in hub_config.py: the pages log in through the hub's OAuth with no confirmation, and
+        # the login carries the admin scope (erin) or admin:users (dana) where the user holds it.
+        "display": True,
+        "oauth_no_confirm": True,
+        "oauth_client_allowed_scopes": ["custom:gpuslice:admin", "admin:users"],
     },
     {"name": "test-admin", "api_token": env["GPUSLICE_TEST_ADMIN_TOKEN"]},
 ]

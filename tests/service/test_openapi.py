@@ -1,4 +1,4 @@
-"""The OpenAPI document describes every route the service serves, with every method."""
+"""The OpenAPI document describes every API route the service serves, with every method."""
 
 from __future__ import annotations
 
@@ -31,7 +31,12 @@ def app_rules() -> list[tuple[re.Pattern, type]]:
             },
         )
     )
-    return [(rule.matcher.regex, rule.target) for rule in app.wildcard_router.rules]
+    # The web pages (jobs, admin, OAuth callback, static files) are for browsers, not the API.
+    return [
+        (rule.matcher.regex, rule.target)
+        for rule in app.wildcard_router.rules
+        if "api/v1/" in rule.matcher.regex.pattern
+    ]
 
 
 def concrete(path: str) -> str:

@@ -1,0 +1,286 @@
+"""The service's web pages: a user's jobs, and the admins' view of the queue, the GPUs and quotas.
+
+People reach them from the hub's "Services" menu and log in through the hub's OAuth
+(:class:`~jupyterhub.services.auth.HubOAuth`); the login leaves a cookie for the service's path.
+The jobs page is a shell that its script fills from the REST API (the same calls the CLI makes,
+authenticated by that cookie plus the page's XSRF token), so that states, queue positions and logs
+follow live without reloading. The admin page is rendered on the server, in one pass over the
+ledger, because it shows everyone's holdings and no user-facing API call returns all of it.
+
+Every piece of user-provided text (job names, reasons, log lines) is escaped: Jinja2 autoescapes the
+templates, and the script only ever sets ``textContent``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from jinja2 import Environment, FileSystemLoader
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
+from tornado import web
+
+from spawner.core.quota import HolderUsage, Limits
+from spawner.core.units import MILLI_PER_GPU
+
+from .allocator import Allocator
+from .auth import Requester
+from .jobs import TERMINAL_STATES, JobService, describe_duration
+
+HERE = Path(__file__).resolve().parent
+TEMPLATE_DIR = HERE / "templates"
+STATIC_DIR = HERE / "static"
+
+TEMPLATES = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True)
+"""Autoescaping on for every template: job names and reasons are whatever their owners typed."""
+
+QUEUE_STATES = ["running", "queued"]
+
+
+def limit_text(value: float | None, unit: str = "") -> str:
+    """``None`` (no limit) as "no limit", a number with its unit otherwise."""
+    if value is None:
+        return "no limit"
+    number = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{number} {unit}".strip()
+
+
+def share_of_limit(used: float, limit: float | None) -> int:
+    """How full a quota is, in whole percent for a meter (0 without a limit, 100 when at or over it)."""
+    if limit is None:
+        return 0
+    if limit <= 0:
+        return 100 if used > 0 else 0
+    return min(100, round(100 * used / limit))
+
+
+def clock(timestamp: float | None) -> str:
+    """A ledger timestamp as the service's local date and time, or an empty string."""
+    if timestamp is None:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+TEMPLATES.globals.update(limit_text=limit_text, share_of_limit=share_of_limit, clock=clock)
+TEMPLATES.filters["duration"] = describe_duration
+
+
+class PageHandler(HubOAuthenticated, web.RequestHandler):
+    """A page for a person in a browser: OAuth login through the hub, HTML errors.
+
+    ``self.current_user`` is set in :meth:`prepare` without blocking the event loop (HubOAuth's
+    synchronous ``get_current_user`` would wait for the hub on it); ``@web.authenticated`` then
+    sends a stranger to the hub's OAuth page and back.
+    """
+
+    requester: Requester
+
+    def initialize(
+        self,
+        allocator: Allocator,
+        hub_auth: HubOAuth,
+        service_name: str,
+        admin_scope: str,
+        hub_admins_are_admins: bool,
+    ) -> None:
+        self.allocator = allocator
+        self.hub_auth = hub_auth
+        self.service_name = service_name
+        self.admin_scope = admin_scope
+        self.hub_admins_are_admins = hub_admins_are_admins
+
+    @property
+    def hub_scopes(self) -> set[str]:
+        # The same people as the API lets in: access to the service, or its admin scope.
+        return set(self.hub_auth.access_scopes) | {self.admin_scope}
+
+    @property
+    def jobs(self) -> JobService | None:
+        return self.application.settings.get("jobs")
+
+    async def prepare(self) -> None:
+        model = await self.hub_auth.get_user(self, sync=False)
+        if not model:
+            return  # @web.authenticated sends the browser to the hub's login
+        requester = Requester.from_model(
+            model,
+            service_name=self.service_name,
+            admin_scope=self.admin_scope,
+            hub_admins_are_admins=self.hub_admins_are_admins,
+        )
+        try:
+            self.check_hub_user(model)
+        except UserNotAllowed:
+            raise web.HTTPError(
+                403,
+                "%s",
+                f"{requester.describe()} may not use the gpuslice service; ask an admin for one of "
+                f"the scopes {', '.join(sorted(self.hub_scopes))}",
+            ) from None
+        self.requester = requester
+        self.current_user = model
+
+    @property
+    def service_prefix(self) -> str:
+        return self.hub_auth.base_url
+
+    def render_page(self, template: str, **context: Any) -> None:
+        user = self.current_user
+        page = TEMPLATES.get_template(template).render(
+            prefix=self.service_prefix,
+            api_url=f"{self.service_prefix}api/v1/",
+            hub_home=f"{self.hub_auth.hub_prefix}home",
+            user_name=user["name"] if user else None,
+            is_admin=bool(user) and self.requester.sees_everyone,
+            # Reading xsrf_token on a page view also sets the _xsrf cookie the token is checked
+            # against when the page's script calls the API with the login cookie.
+            xsrf_token=self.xsrf_token.decode("ascii") if user else "",
+            static_url=self.static_url,
+            **context,
+        )
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.finish(page)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """An HTML page with the sentence that says what happened, instead of tornado's bare one."""
+        message = self._reason
+        exc_info = kwargs.get("exc_info")
+        if exc_info is not None:
+            error = exc_info[1]
+            if isinstance(error, web.HTTPError) and error.log_message:
+                message = error.log_message % error.args if error.args else error.log_message
+        title = f"{status_code} {self._reason}"
+        self.render_page("error.html", title=title, status=status_code, message=message)
+
+
+class RootPageHandler(PageHandler):
+    """The service's own URL (the hub's menu links here): straight to the user's jobs."""
+
+    async def get(self) -> None:
+        self.redirect(f"{self.service_prefix}jobs")
+
+
+class JobsPageHandler(PageHandler):
+    """My jobs: the table, the selected job's details, its live log and its Cancel button."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        self.render_page("jobs.html", title="My jobs", page="jobs", terminal_states=sorted(TERMINAL_STATES))
+
+
+class AdminPageHandler(PageHandler):
+    """The queue, every GPU with who holds what, and each group's usage against its quota."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        if not self.requester.sees_everyone:
+            raise web.HTTPError(
+                403,
+                "%s",
+                f"The gpuslice admin page is for hub admins and for holders of the scope "
+                f"{self.admin_scope}; {self.requester.describe()} is neither. "
+                f"Your own jobs are on the My jobs page.",
+            )
+        queue = await self.queue()
+        jobs_by_lease = {job["lease_id"]: job for job in queue if job["lease_id"]}
+        gpus = await self.allocator.gpus(show_holders=True)
+        for gpu in gpus:
+            gpu["holders"] = [holder_view(holder, jobs_by_lease) for holder in gpu["holders"]]
+            gpu["milli_held"] = MILLI_PER_GPU - gpu["milli_free"]
+        gpu_labels = {gpu["uuid"]: f"{gpu['node']} #{gpu['index']}" for gpu in gpus}
+        for job in queue:
+            job["gpu_labels"] = [gpu_labels.get(uuid, uuid) for uuid in job["gpu_uuids"]]
+        groups = await asyncio.to_thread(self.group_usage)
+        self.render_page(
+            "admin.html",
+            title="gpuslice admin",
+            page="admin",
+            jobs_enabled=self.jobs is not None,
+            queue=queue,
+            gpus=gpus,
+            groups=groups,
+            now=time.time(),
+        )
+
+    async def queue(self) -> list[dict[str, Any]]:
+        """Running jobs (longest running first), then the queue in the scheduler's order."""
+        if self.jobs is None:
+            return []
+        from .jobs_handlers import job_json  # the API's view of a job, with its queue position
+
+        records = await self.jobs.list(None, QUEUE_STATES)
+        queue = [job_json(record, self.jobs) for record in records]
+        running = sorted(
+            (job for job in queue if job["state"] == "running"), key=lambda job: job["started_at"] or 0
+        )
+        waiting = sorted(
+            (job for job in queue if job["state"] != "running"),
+            key=lambda job: (job["queue_position"] is None, job["queue_position"] or 0, job["created_at"]),
+        )
+        return running + waiting
+
+    def group_usage(self) -> list[dict[str, Any]]:
+        """Every group with a quota entry or a holding: what it holds and its limits (a thread's work)."""
+        policy = self.allocator.profiles.quotas
+        usage = self.allocator.ledger.usage()
+        names = sorted(set(policy.groups) | set(usage.groups))
+        return [group_view(name, usage.of_group(name), policy.for_group(name)) for name in names]
+
+
+def holder_view(holder: dict[str, Any], jobs_by_lease: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One lease's share of a GPU, saying whether a batch job or a notebook server holds it."""
+    job = jobs_by_lease.get(holder["lease_id"])
+    return {
+        **holder,
+        "kind": "job" if job else "server",
+        "job_id": job["id"] if job else None,
+        "job_name": job["name"] if job else None,
+    }
+
+
+def group_view(name: str, held: HolderUsage, limits: Limits) -> dict[str, Any]:
+    """A group's holdings beside its limits, as the admin page's quota table shows them."""
+    return {
+        "name": name,
+        "servers": held.servers,
+        "max_servers": limits.interactive.max_servers,
+        "milli_gpu": held.interactive_milli,
+        "max_milli_gpu": limits.interactive.max_milli_gpu,
+        "batch_jobs": held.batch_jobs,
+        "max_running_jobs": limits.batch.max_running_jobs,
+        "batch_gpus": held.batch_gpus,
+        "guaranteed_gpus": limits.batch.guaranteed_gpus,
+        "max_batch_gpus": limits.batch.max_gpus,
+        "borrowing_limit_gpus": limits.batch.borrowing_limit_gpus,
+        "gpu_hours_week": held.batch_gpu_hours_week,
+        "max_gpu_hours_week": limits.batch.max_gpu_hours_week,
+    }
+
+
+class OAuthCallbackHandler(HubOAuthCallbackHandler):
+    """JupyterHub's end of the OAuth login, with the service's own HubOAuth (not a new instance)."""
+
+    def initialize(self, hub_auth: HubOAuth) -> None:
+        self.hub_auth = hub_auth
+
+
+def page_handlers(prefix: str, handler_settings: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
+    """The pages under ``prefix`` and the OAuth callback where the hub sends the browser back."""
+    hub_auth = handler_settings["hub_auth"]
+    callback_path = ""
+    if isinstance(hub_auth, HubOAuth):
+        # The hub tells a managed service its redirect URI ($JUPYTERHUB_OAUTH_CALLBACK_URL), by
+        # default <prefix>oauth_callback; the route must be wherever that says.
+        callback_path = urlparse(hub_auth.oauth_redirect_uri).path
+    callback_path = callback_path or f"{prefix}oauth_callback"
+    base = re.escape(prefix.rstrip("/"))
+    return [
+        (rf"{base}/?$", RootPageHandler, handler_settings),
+        (rf"{base}/jobs/?$", JobsPageHandler, handler_settings),
+        (rf"{base}/admin/?$", AdminPageHandler, handler_settings),
+        (re.escape(callback_path) + "$", OAuthCallbackHandler, {"hub_auth": hub_auth}),
+    ]

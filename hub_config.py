@@ -103,6 +103,13 @@ c.JupyterHub.services = [
         ],
         "cwd": str(HERE),
         "environment": {"GPUSLICE_STATE_DIR": str(STATE_DIR)},
+        # Its web pages (my jobs; the admins' queue, GPUs and quotas) are in the hub's "Services"
+        # menu and log people in through the hub's OAuth with no confirmation page: the hub's admin
+        # runs the service. The login carries the service's admin scope, or admin:users for hub
+        # admins, only where the person holds it, so that the admin page knows its admins.
+        "display": True,
+        "oauth_no_confirm": True,
+        "oauth_client_allowed_scopes": ["custom:gpuslice:admin", "admin:users"],
     }
 ]
 c.JupyterHub.custom_scopes = {
@@ -140,6 +147,13 @@ if os.environ.get("GPUSLICE_GROUPS"):
 # to run each as the user's own account.
 c.JupyterHub.spawner_class = os.environ.get("GPUSLICE_SPAWNER", "gpuslice-local-simple")
 c.Spawner.default_url = "/lab"
+# The server's own token ($JUPYTERHUB_API_TOKEN, which %%submit and `gpuslice jobs` use inside
+# it) may call the service too; JupyterHub's default server scopes do not reach services.
+c.Spawner.server_token_scopes = [
+    "users:activity!user",
+    "access:servers!server",
+    "access:services!service=gpuslice",
+]
 c.GPUSliceSpawnerMixin.service_url = f"{SERVICE_URL}/services/gpuslice/"
 c.GPUSliceSpawnerMixin.service_public_url = f"{c.JupyterHub.bind_url.rstrip('/')}/services/gpuslice/"
 c.GPUSliceSpawnerMixin.service_api_token = service_token()

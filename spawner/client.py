@@ -8,6 +8,7 @@ service said rather than a traceback.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections.abc import Iterator
@@ -45,25 +46,45 @@ class GPUSliceClient:
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"token {token}"
 
-    def call(self, method: str, path: str, *, timeout: float | None = None, **kwargs) -> Any:
+    def request(self, method: str, path: str, *, timeout: float | None = None, **kwargs) -> requests.Response:
+        """The service's answer to one call; ServiceError with its sentence for any refusal."""
         try:
             response = self.session.request(
                 method, self.api + path, timeout=timeout or self.timeout, **kwargs
             )
         except requests.RequestException as error:
-            raise ServiceError(f"the gpuslice service at {self.api} cannot be reached: {error}") from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
+            raise ServiceError(
+                f"the gpuslice service at {self.api} cannot be reached ({type(error).__name__}); "
+                "it may be restarting: try again in a minute, or ask your admin"
+            ) from None
         if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
             message = body.get("message") if isinstance(body, dict) else None
+            if not message and response.status_code in (502, 503, 504):
+                message = (
+                    f"the gpuslice service at {self.api} is not answering (HTTP {response.status_code}); "
+                    "it may be restarting: try again in a minute, or ask your admin"
+                )
             raise ServiceError(
                 message or f"the gpuslice service answered HTTP {response.status_code}",
                 response.status_code,
                 body,
             )
-        return body
+        return response
+
+    def call(self, method: str, path: str, *, timeout: float | None = None, **kwargs) -> Any:
+        response = self.request(method, path, timeout=timeout, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise ServiceError(
+                f"the gpuslice service answered {path} with something that is not JSON "
+                f"(HTTP {response.status_code}); is {self.api} the service's URL?",
+                response.status_code,
+            ) from None
 
     # ------------------------------------------------------------------ jobs
 
@@ -90,6 +111,45 @@ class GPUSliceClient:
         }
         body.update({key: value for key, value in optional.items() if value is not None})
         return self.call("POST", "jobs", json=body)
+
+    def submit_cell(
+        self,
+        payload: bytes,
+        *,
+        python: str,
+        name: str,
+        gpus: int = 1,
+        priority: str = "normal",
+        time_limit: str | float | None = None,
+        workdir: str | None = None,
+        gpu_models: list[str] | None = None,
+        environment: dict[str, str] | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Queue a cell packed by ``%%submit`` (the payload bytes as the magic made them)."""
+        body: dict[str, Any] = {
+            "name": name,
+            "cell": {"payload": base64.b64encode(payload).decode("ascii"), "python": python},
+            "gpus": gpus,
+            "priority": priority,
+        }
+        optional = {
+            "time_limit": time_limit,
+            "workdir": workdir,
+            "gpu_models": gpu_models,
+            "environment": environment,
+            "provenance": provenance,
+        }
+        body.update({key: value for key, value in optional.items() if value is not None})
+        return self.call("POST", "jobs", json=body)
+
+    def result(self, job_id: str) -> dict[str, Any]:
+        """How a job ended; for a cell job the names of its values or its exception (see the API)."""
+        return self.call("GET", f"jobs/{job_id}/result")
+
+    def result_values(self, job_id: str) -> bytes:
+        """The pickled ``{name: value}`` a cell job returned, as bytes; unpickle only what you trust."""
+        return self.request("GET", f"jobs/{job_id}/result/values", timeout=self.timeout + 60).content
 
     def jobs(self, state: str | None = None, all_users: bool = False) -> list[dict[str, Any]]:
         params = {

@@ -27,7 +27,8 @@ from spawner.inventory.simulated import UUID_PREFIX as SIMULATED_UUID_PREFIX
 
 ENFORCEMENT_MODES = ("env", "mps")
 KERNELS_RESOURCE = "jupyter_data"
-"""A Jupyter data directory inside this package whose ``kernels/python3`` loads the kernel limits."""
+"""A Jupyter data directory inside this package whose ``kernels/python3`` loads the kernel limits
+(:mod:`spawner.enforce.kernel`) and the ``%%submit`` magics (:mod:`spawner.magic`)."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,10 @@ def mps_environment(shares: list[Mapping[str, Any]], mps: MPSSettings | None) ->
 
 
 def with_kernel_limits(env: Mapping[str, str], inherited_jupyter_path: str = "") -> dict[str, str]:
-    """``env`` plus ``JUPYTER_PATH`` led by this package's kernelspec, so kernels apply the limits."""
+    """``env`` plus ``JUPYTER_PATH`` led by this package's kernelspec, so kernels apply the limits.
+
+    The same kernelspec loads ``spawner.magic``, so ``%%submit`` works without ``%load_ext``.
+    """
     paths = [kernels_data_dir()] + [part for part in inherited_jupyter_path.split(":") if part]
     return {**env, "JUPYTER_PATH": ":".join(paths)}
 

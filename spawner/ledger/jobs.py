@@ -61,6 +61,9 @@ LEGAL_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
 RUN_FIELDS = ("started_at", "ended_at", "exit_code", "lease_id", "node", "gpu_uuids", "pool", "borrowed")
 """The columns a transition may set: where and how the current run of the job went."""
 
+PAYLOAD_KINDS = ("script", "cell")
+"""A job's payload: a Python script, or a cell packed by %%submit (kept as the service received it)."""
+
 
 class JobStateError(ValueError):
     """A transition the state machine does not allow, e.g. a finished job asked to run again."""
@@ -108,8 +111,10 @@ class JobSpec:
             raise ValueError("cpu_milli and memory_mib must be 0 or more")
         if not self.time_limit_s > 0:
             raise ValueError(f"a job's time limit must be more than 0 seconds, got {self.time_limit_s}")
-        if self.payload_kind != "script":
-            raise ValueError(f"the only payload kind is 'script', got {self.payload_kind!r}")
+        if self.payload_kind not in PAYLOAD_KINDS:
+            raise ValueError(
+                f"payload_kind must be one of {', '.join(PAYLOAD_KINDS)}, got {self.payload_kind!r}"
+            )
         bad_environment = [key for key, value in self.environment.items() if not isinstance(value, str)]
         if bad_environment:
             raise ValueError(f"environment values must be strings: {', '.join(sorted(bad_environment))}")

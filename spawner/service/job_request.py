@@ -3,10 +3,18 @@
 The schema refuses unknown fields (``additionalProperties: false``) so that a typo such as
 ``gpu`` is reported instead of silently running a job without a GPU; every message says which
 field to change and how.
+
+A job is either a ``script`` (Python source, run as ``python script.py``) or a ``cell``: the
+payload ``%%submit`` packs (a base64 cloudpickle bundle) and the Python version that packed it.
+The service checks the cell's size and encoding but never unpickles it; the runner does, as the
+job's owner (:mod:`spawner.service.runner`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,15 +22,26 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 PRIORITIES = ("low", "normal", "high")
+PYTHON_VERSION_PATTERN = r"^[0-9]+\.[0-9]+(\.[0-9]+)?([a-z0-9.+-]*)$"
 
 JOB_BODY_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "additionalProperties": False,
-    "required": ["name", "script"],
+    "required": ["name"],
+    "oneOf": [{"required": ["script"]}, {"required": ["cell"]}],
     "properties": {
         "name": {"type": "string", "minLength": 1, "maxLength": 200},
         "script": {"type": "string", "minLength": 1},
+        "cell": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["payload", "python"],
+            "properties": {
+                "payload": {"type": "string", "minLength": 1, "contentEncoding": "base64"},
+                "python": {"type": "string", "pattern": PYTHON_VERSION_PATTERN},
+            },
+        },
         "workdir": {"type": "string", "minLength": 1},
         "gpus": {"type": "integer", "minimum": 0},
         "gpu_models": {"type": "array", "items": {"type": "string", "minLength": 1}},
@@ -46,9 +65,27 @@ class JobBodyError(ValueError):
 
 
 @dataclass(frozen=True)
+class CellPayload:
+    """A ``%%submit`` cell as the service keeps it: still pickled, with the Python that packed it."""
+
+    payload: bytes
+    python: str
+
+    def to_stored(self) -> str:
+        """The text the job store keeps for a cell job (its ``payload`` column)."""
+        return json.dumps({"payload": base64.b64encode(self.payload).decode("ascii"), "python": self.python})
+
+    @classmethod
+    def from_stored(cls, text: str) -> CellPayload:
+        document = json.loads(text)
+        return cls(payload=base64.b64decode(document["payload"]), python=document["python"])
+
+
+@dataclass(frozen=True)
 class JobBody:
     name: str
     script: str
+    """The Python source of a script job; empty for a cell job."""
     workdir: str | None
     gpus: int
     gpu_models: frozenset[str]
@@ -56,6 +93,16 @@ class JobBody:
     time_limit_s: float
     environment: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    cell: CellPayload | None = None
+
+    @property
+    def kind(self) -> str:
+        """``"cell"`` for a ``%%submit`` payload, ``"script"`` otherwise (the job store's payload kind)."""
+        return "script" if self.cell is None else "cell"
+
+    def stored_payload(self) -> str:
+        """What the job store keeps: the script's text, or the cell's payload document."""
+        return self.script if self.cell is None else self.cell.to_stored()
 
 
 def parse_duration(value: str | float | int) -> float:
@@ -87,22 +134,37 @@ def describe_size(size: int) -> str:
     return f"{size} bytes"
 
 
-def parse_job_body(body: Any, *, max_payload_bytes: int, default_time_limit_s: float) -> JobBody:
-    """Check ``body`` against the schema and the payload limit; the result is ready to queue."""
+def parse_job_body(
+    body: Any,
+    *,
+    max_payload_bytes: int,
+    default_time_limit_s: float,
+    max_cell_payload_bytes: int | None = None,
+) -> JobBody:
+    """Check ``body`` against the schema and the payload limits; the result is ready to queue.
+
+    ``max_cell_payload_bytes`` bounds a cell's decoded payload (default: ``max_payload_bytes``).
+    """
     problems = sorted(_VALIDATOR.iter_errors(body), key=lambda error: list(error.absolute_path))
     if problems:
         raise JobBodyError("; ".join(_describe(problem) for problem in problems))
-    script = body["script"]
+    script = body.get("script", "")
     size = len(script.encode())
     if size > max_payload_bytes:
         raise JobBodyError(
             f"script is {describe_size(size)}; the limit is {describe_size(max_payload_bytes)} — "
             "put data in files and read them from the script"
         )
+    cell = None
+    if "cell" in body:
+        cell = parse_cell(
+            body["cell"], max_payload_bytes if max_cell_payload_bytes is None else max_cell_payload_bytes
+        )
     time_limit = body.get("time_limit")
     return JobBody(
         name=body["name"],
         script=script,
+        cell=cell,
         workdir=body.get("workdir"),
         gpus=body.get("gpus", 0),
         gpu_models=frozenset(body.get("gpu_models", ())),
@@ -113,8 +175,31 @@ def parse_job_body(body: Any, *, max_payload_bytes: int, default_time_limit_s: f
     )
 
 
+def parse_cell(cell: dict[str, Any], max_bytes: int) -> CellPayload:
+    """The cell's payload decoded (never unpickled) and within ``max_bytes``."""
+    try:
+        payload = base64.b64decode(cell["payload"], validate=True)
+    except (binascii.Error, ValueError):
+        raise JobBodyError(
+            "cell/payload: not base64; send the bundle %%submit packs (base64 of a cloudpickle)"
+        ) from None
+    if len(payload) > max_bytes:
+        raise JobBodyError(
+            f"cell/payload is {describe_size(len(payload))}; the limit is {describe_size(max_bytes)} — "
+            "save large data to a file and load it inside the cell, or create it inside the cell"
+        )
+    return CellPayload(payload=payload, python=cell["python"])
+
+
 def _describe(error: Any) -> str:
     where = "/".join(str(part) for part in error.absolute_path) or "body"
+    if where == "body" and error.validator == "oneOf":
+        return (
+            "body: give exactly one of script (Python source to run) or cell "
+            "(a payload packed by %%submit), not both or neither"
+        )
+    if where == "cell/python":
+        return f"cell/python: {error.instance!r} is not a Python version; give it like '3.11.7'"
     if error.validator == "additionalProperties":
         allowed = ", ".join(sorted(error.schema.get("properties", {})))
         return f"{where}: {error.message}; the allowed fields are {allowed}"

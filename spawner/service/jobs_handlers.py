@@ -6,6 +6,7 @@ the service itself see everyone's. The job service is the web application's ``jo
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from spawner.ledger.jobs import JobRecord, JobStateError
@@ -77,6 +78,7 @@ class JobsHandler(JobsAPIHandler):
                 self.json_body(),
                 max_payload_bytes=self.jobs.max_payload_bytes,
                 default_time_limit_s=self.jobs.default_time_limit_s(),
+                max_cell_payload_bytes=self.jobs.max_cell_payload_bytes,
             )
             user = await self.allocator.users.get(self.requester.name)
             record = await self.jobs.submit(user, body)
@@ -116,18 +118,49 @@ class JobLogsHandler(JobsAPIHandler):
 
 
 class JobResultHandler(JobsAPIHandler):
+    """How a job ended and, for a cell job, what came back: the names of its values, or its exception."""
+
     async def get(self, job_id: str) -> None:
         record = await self.readable_job(job_id, "read the result of")
+        summary = await self.jobs.result_summary(record) if record.payload_kind == "cell" else None
+        summary = summary or {}
+        values_available = bool(summary.get("values_available"))
         self.reply(
             200,
             {
                 "id": record.id,
+                "kind": record.payload_kind,
                 "state": record.state,
                 "done": record.state in TERMINAL_STATES,
                 "exit_code": record.exit_code,
                 "reason": record.reason,
+                "values_available": values_available,
+                "values": list(summary.get("values", [])) if values_available else [],
+                "not_returned": dict(summary.get("not_returned", {})),
+                "error": summary.get("error"),
             },
         )
+
+
+class JobResultValuesHandler(JobsAPIHandler):
+    """The pickled ``{name: value}`` of a cell job, as bytes the notebook unpickles (never the service)."""
+
+    async def get(self, job_id: str) -> None:
+        record = await self.readable_job(job_id, "read the result of")
+        path = self.jobs.result_values_path(record)
+        try:
+            values = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            if record.state not in TERMINAL_STATES:
+                why = f"it is still {record.state}; ask again when it has ended"
+            elif record.payload_kind != "cell":
+                why = "it is a script job; only %%submit cells return values"
+            else:
+                why = f"it {record.state} without returning values; see GET jobs/{job_id}/result and its logs"
+            raise api_error(404, f"job {job_id} has no result values: {why}") from None
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Disposition", f'attachment; filename="{job_id}-values.pickle"')
+        self.finish(values)
 
 
 class MetricsHandler(JobsAPIHandler):
@@ -151,5 +184,6 @@ JOB_ROUTES = [
     ("jobs/{job_id}/cancel", JobCancelHandler),
     ("jobs/{job_id}/logs", JobLogsHandler),
     ("jobs/{job_id}/result", JobResultHandler),
+    ("jobs/{job_id}/result/values", JobResultValuesHandler),
     ("metrics", MetricsHandler),
 ]

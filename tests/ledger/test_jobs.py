@@ -111,7 +111,7 @@ def test_cpu_job_and_priority_enum_accepted(store: JobStore) -> None:
         ({"time_limit_s": 0}, "time limit"),
         ({"owner": ""}, "owner"),
         ({"cpu_milli": -5}, "cpu_milli"),
-        ({"payload_kind": "notebook"}, "payload kind"),
+        ({"payload_kind": "notebook"}, "payload_kind must be one of script, cell"),
         ({"environment": {"N": 3}}, "environment values must be strings: N"),
     ],
 )

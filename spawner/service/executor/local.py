@@ -21,6 +21,7 @@ from pathlib import Path
 
 from traitlets import Bool, Unicode
 
+from ..payload import JOB_FILES_VARIABLE
 from . import jobdir
 from .base import (
     ExecutionRefused,
@@ -170,6 +171,25 @@ class LocalExecutor(Executor):
             "submitted_at": time.time(),
         }
         jobdir.write_json_atomically(directory / jobdir.SPEC, record)
+        if run_as:
+            self.give_job_files_to(spec, run_as)
+
+    @staticmethod
+    def give_job_files_to(spec: ExecutionSpec, account: str) -> None:
+        """Make the job's own files (script or payload, results) its owner's, so the job can use them.
+
+        They are written by the service (root) into a private directory the job, run as its
+        owner, could neither read nor write otherwise. Only that directory is given away, never
+        the job's working directory or anything outside the files directory.
+        """
+        files = spec.environment.get(JOB_FILES_VARIABLE)
+        if not files:
+            return
+        entry = pwd.getpwnam(account)
+        for root, directories, names in os.walk(files):
+            os.chown(root, entry.pw_uid, entry.pw_gid)
+            for name in [*directories, *names]:
+                os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
 
     @staticmethod
     def environment_for(spec: ExecutionSpec, run_as: str | None) -> dict[str, str]:

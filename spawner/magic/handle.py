@@ -1,0 +1,131 @@
+"""The handle ``%%submit`` returns: a job's id, and its status, logs, end, cancel and values."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import cloudpickle
+
+from spawner.client import TERMINAL_STATES, GPUSliceClient, ServiceError, job_state
+
+
+class JobFailed(RuntimeError):
+    """A cell job raised: the exception's type and message, and the remote traceback as text."""
+
+    def __init__(self, job_id: str, error: dict[str, Any]):
+        self.job_id = job_id
+        self.error_type = error.get("type", "Exception")
+        self.error_message = error.get("message", "")
+        self.remote_traceback = error.get("traceback", "")
+        super().__init__(f"job {job_id} raised {self.error_type}: {self.error_message}")
+
+    def describe(self) -> str:
+        """The sentence and the remote traceback, as the notebook shows them."""
+        return f"{self}\nRemote traceback (the job's own frames):\n{self.remote_traceback.rstrip()}"
+
+
+class JobHandle:
+    """A submitted job, followed through the service's REST API.
+
+    ``status()`` is its state now, ``logs()`` its output so far, ``wait()`` blocks until it ends,
+    ``cancel()`` stops it, and ``result()`` is ``{name: value}`` of what the cell assigned (or the
+    ``--out`` names); a cell that raised makes ``result()`` raise :class:`JobFailed`.
+    """
+
+    def __init__(self, job_id: str, client: GPUSliceClient | None = None):
+        self.id = job_id
+        self.client = client or GPUSliceClient()
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.id!r})"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(
+            f"job {self.id}: .status() .logs() .wait() .cancel() .result(), "
+            f"or %job logs|fetch|cancel {self.id}"
+        )
+
+    def job(self) -> dict[str, Any]:
+        """The job as the service describes it (state, queue position, times, GPUs ...)."""
+        return self.client.job(self.id)["job"]
+
+    def status(self) -> str:
+        """``queued``, ``running``, ``succeeded``, ``failed`` or ``cancelled``."""
+        return job_state(self.job())
+
+    def logs(self) -> str:
+        """The job's output so far."""
+        parts, offset = [], 0
+        while True:
+            chunk = self.client.logs(self.id, offset)
+            parts.append(chunk["data"])
+            if not chunk["data"] or chunk["next_offset"] == offset:
+                return "".join(parts)
+            offset = chunk["next_offset"]
+
+    def wait(self, timeout: float | None = None, poll_seconds: float = 1.0) -> str:
+        """Block until the job has ended (TimeoutError after ``timeout`` seconds); its final state."""
+        return job_state(self.client.wait(self.id, poll_seconds=poll_seconds, timeout=timeout))
+
+    def cancel(self) -> str:
+        """Cancel the job (stopping it if it runs); its state after."""
+        return job_state(self.client.cancel(self.id))
+
+    def result(self) -> dict[str, Any]:
+        """``{name: value}`` the cell returned; JobFailed with the remote traceback if it raised."""
+        return fetch_values(self.client, self.id)
+
+
+def fetch_values(client: GPUSliceClient, job_id: str) -> dict[str, Any]:
+    """The values of a finished cell job, unpickled here (never in the service)."""
+    return fetch_result(client, job_id)[0]
+
+
+def fetch_result(client: GPUSliceClient, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The values of a finished cell job and the service's result summary (names left out and why)."""
+    summary = client.result(job_id)
+    if not summary.get("done"):
+        raise ServiceError(
+            f"job {job_id} is still {summary.get('state')}; fetch its values when it has ended "
+            f"(wait with the handle's .wait(), or follow it with %job logs {job_id} -f)"
+        )
+    if summary.get("error"):
+        raise JobFailed(job_id, summary["error"])
+    if not summary.get("values_available"):
+        if summary.get("kind") == "script":
+            raise ServiceError(f"job {job_id} is a script job; only %%submit cells return values")
+        raise ServiceError(
+            f"job {job_id} {summary.get('state')} ({summary.get('reason')}) without returning values; "
+            f"see its output with %job logs {job_id}"
+        )
+    return cloudpickle.loads(client.result_values(job_id)), summary
+
+
+def elapsed_words(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def job_line(job: dict[str, Any], last_log_line: str = "", now: float | None = None) -> str:
+    """The one-line status of a job: state, queue position or elapsed time, last log line."""
+    now = time.time() if now is None else now
+    state = job.get("state", "")
+    parts = [f"{job['id']}", state]
+    if state == "queued":
+        if job.get("queue_position") is not None:
+            parts.append(f"position {job['queue_position']}")
+        if job.get("waiting_reason"):
+            parts.append(job["waiting_reason"])
+    elif state == "running" and job.get("started_at"):
+        parts.append(f"elapsed {elapsed_words(now - job['started_at'])}")
+    elif state in TERMINAL_STATES:
+        if job.get("started_at") and job.get("ended_at"):
+            parts.append(f"ran {elapsed_words(job['ended_at'] - job['started_at'])}")
+        if job.get("reason") and state != "succeeded":
+            parts.append(job["reason"])
+        if state in ("succeeded", "failed"):
+            parts.append(f"%job fetch {job['id']}")
+    if last_log_line:
+        parts.append(f"last: {last_log_line[:120]}")
+    return " · ".join(parts)

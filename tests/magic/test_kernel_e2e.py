@@ -1,0 +1,366 @@
+"""%%submit end to end: a real kernel in a server our spawner started, on a real hub with the real service.
+
+The hub is ``hub_config.py`` as ``make run`` starts it, with two simulated GPUs: index 0 for
+notebook slices, index 1 for the training queue. A user logs in, their server starts on a GPU
+profile, a kernel starts through the server's REST API, and the test drives that kernel with
+``jupyter_client`` exactly as a notebook frontend would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import textwrap
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+from jupyter_client import BlockingKernelClient
+
+from tests.integration.hubprocess import HubProcess
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROFILE = "a100-1-8"
+JOB_ID = re.compile(r"submitted (job-[0-9a-z]+)")
+
+
+@dataclass
+class CellRun:
+    """What one execution sent back on iopub, as a notebook would show it."""
+
+    def __str__(self) -> str:
+        tracebacks = ["\n".join(error["traceback"]) for error in self.errors]
+        return "\n".join([self.text, *tracebacks])
+
+    reply: dict
+    stdout: str = ""
+    stderr: str = ""
+    displays: list[str] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "\n".join([self.stdout, self.stderr, *self.displays])
+
+    def job_id(self) -> str:
+        found = JOB_ID.search(self.stdout)
+        assert found, f"no job was submitted:\n{self.text}"
+        return found.group(1)
+
+    def assert_quiet_refusal(self, *phrases: str) -> None:
+        """The sentence is in the cell's stderr, and no traceback came from our code."""
+        for phrase in phrases:
+            assert phrase in self.stderr, f"{phrase!r} not in:\n{self.text}"
+        assert not self.errors, self.errors
+        assert "Traceback" not in self.text and "spawner/" not in self.text, self.text
+        assert "submitted job-" not in self.stdout
+
+
+def run(kernel: BlockingKernelClient, code: str, timeout: float = 180) -> CellRun:
+    result = CellRun(reply={})
+
+    def collect(message: dict) -> None:
+        kind, content = message["msg_type"], message["content"]
+        if kind == "stream":
+            if content["name"] == "stdout":
+                result.stdout += content["text"]
+            else:
+                result.stderr += content["text"]
+        elif kind in ("display_data", "execute_result", "update_display_data"):
+            result.displays.append(content["data"].get("text/plain", ""))
+        elif kind == "error":
+            result.errors.append(content)
+
+    result.reply = kernel.execute_interactive(code, output_hook=collect, timeout=timeout)
+    return result
+
+
+def evaluate(kernel: BlockingKernelClient, expression: str) -> str:
+    """``print(expression)`` in the kernel, asserting it ran cleanly; the printed text."""
+    done = run(kernel, f"print(({expression}))")
+    assert not done.errors and done.reply["content"]["status"] == "ok", done.text
+    return done.stdout.strip()
+
+
+@dataclass
+class Notebook:
+    hub: HubProcess
+    user: str
+    home: Path
+    kernel: BlockingKernelClient
+
+
+def spawn_server(hub: HubProcess, user: str) -> requests.Session:
+    session = hub.login(user)
+    started = session.post(f"{hub.url}/hub/api/users/{user}/server", json={"profile": PROFILE}, timeout=30)
+    assert started.status_code in (201, 202), started.text
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline:
+        model = session.get(f"{hub.url}/hub/api/users/{user}", timeout=10).json()
+        if model["servers"].get("", {}).get("ready"):
+            return session
+        time.sleep(0.5)
+    pytest.fail(f"{user}'s server never became ready:\n{hub.log()}")
+
+
+def start_kernel(hub: HubProcess, session: requests.Session, user: str, home: Path) -> BlockingKernelClient:
+    """A kernel started through the server's REST API, with the user's token, then connected to."""
+    token = session.post(f"{hub.url}/hub/api/users/{user}/tokens", json={"note": "e2e"}, timeout=10)
+    assert token.status_code == 201, token.text
+    headers = {"Authorization": f"token {token.json()['token']}"}
+    created = requests.post(f"{hub.url}/user/{user}/api/kernels", json={}, headers=headers, timeout=60)
+    assert created.status_code == 201, created.text
+    kernel_id = created.json()["id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = list(home.rglob(f"kernel-{kernel_id}.json"))
+        if found:
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail(f"no connection file for kernel {kernel_id} under {home}")
+    client = BlockingKernelClient(connection_file=str(found[0]))
+    client.load_connection_file()
+    client.start_channels()
+    client.wait_for_ready(timeout=90)
+    return client
+
+
+@pytest.fixture(scope="module")
+def notebook(tmp_path_factory):
+    state = tmp_path_factory.mktemp("magic-hub")
+    hub = HubProcess(
+        state,
+        extra_env={
+            "GPUSLICE_INVENTORY": "simulated",
+            "GPUSLICE_SIMULATED_GPUS": "2",
+            "GPUSLICE_TRAIN_GPUS": "1",
+            "GPUSLICE_HTTP_TIMEOUT": "150",
+        },
+    )
+    user = f"ada{uuid.uuid4().hex[:8]}"
+    home = Path(f"/tmp/{user}")  # SimpleLocalProcessSpawner's home, and the server's working directory
+    kernel = None
+    hub.start(timeout=120)
+    try:
+        session = spawn_server(hub, user)
+        kernel = start_kernel(hub, session, user, home)
+        yield Notebook(hub, user, home, kernel)
+    finally:
+        if kernel is not None:
+            kernel.stop_channels()
+        hub.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_fresh_kernel_of_a_spawned_server_has_the_magics_without_load_ext(notebook):
+    magics = "get_ipython().magics_manager.magics"
+    assert (
+        evaluate(notebook.kernel, f"'submit' in {magics}['cell'], 'submit' in {magics}['line']")
+        == "(True, True)"
+    )
+    assert (
+        evaluate(notebook.kernel, f"'jobs' in {magics}['line'], 'job' in {magics}['line']") == "(True, True)"
+    )
+
+
+def test_a_cell_using_an_import_a_function_an_array_and_a_local_module_runs_and_comes_back(notebook):
+    kernel = notebook.kernel
+    (notebook.home / "e2e_helpers.py").write_text("def offset():\n    return 100\n")
+    setup = run(
+        kernel,
+        "import numpy as np\nimport e2e_helpers\ndef scale(v):\n    return v * 2\ndata = np.arange(5)\n",
+    )
+    assert not setup.errors, setup.text
+    submitted = run(
+        kernel,
+        textwrap.dedent(
+            """\
+            %%submit --gpus 1 --wait --name e2e
+            import os
+            scaled = scale(data) + e2e_helpers.offset()
+            total = int(np.sum(scaled))
+            gpus = os.environ["CUDA_VISIBLE_DEVICES"]
+            print("total is", total)
+            """
+        ),
+    )
+    assert not submitted.errors, str(submitted)
+    manifest = submitted.stdout.splitlines()[0]
+    assert manifest.startswith("%submit 'e2e': ")
+    for part in ("imports e2e_helpers, numpy as np", "by value scale (", "values data (numpy.ndarray, "):
+        assert part in manifest, manifest
+    assert "local modules e2e_helpers.py (" in manifest and "payload " in manifest
+    job_id = submitted.job_id()
+    assert "total is 520" in submitted.stdout  # the log, streamed into the cell
+    assert f"fetched from {job_id}: scaled (ndarray), total (int), gpus (str)" in submitted.stdout
+    assert evaluate(kernel, "scaled.tolist(), total") == "([100, 102, 104, 106, 108], 520)"
+    assert evaluate(kernel, "gpus.startswith('GPU-')") == "True"
+
+    run(kernel, "del scaled, gpus\ntotal = -1")
+    fetched = run(kernel, f"%job fetch {job_id}")
+    assert f"fetched from {job_id}: scaled (ndarray), total (int), gpus (str)" in fetched.stdout
+    assert f"warning: total already exists here (int); replacing it with the value from job {job_id}" in (
+        fetched.stderr
+    )
+    assert evaluate(kernel, "scaled.tolist(), total, gpus.startswith('GPU-')") == (
+        "([100, 102, 104, 106, 108], 520, True)"
+    )
+    provenance = evaluate(
+        kernel,
+        f"(lambda p: (p['cell'].startswith('%%submit'), p['workdir'], p['python'] is not None, "
+        f"p['packages_hash'].startswith('sha256:'), any(x.startswith('numpy==') for x in p['packages']))"
+        f")(__import__('spawner.client').client.GPUSliceClient().job('{job_id}')['job']['provenance'])",
+    )
+    assert provenance == f"(True, '{notebook.home}', True, True, True)"
+
+
+def test_a_job_runs_without_blocking_the_kernel_its_status_updates_in_place_and_logs_stream(notebook):
+    kernel = notebook.kernel
+    submitted = run(
+        kernel,
+        "%%submit --gpus 1 --name steps\nimport time\nfor step in range(3):\n"
+        "    print('step', step, flush=True)\n    time.sleep(1)\nfinal = step\n",
+    )
+    job_id = submitted.job_id()
+    assert any(line.startswith(f"{job_id} · queued") for line in submitted.displays), submitted.displays
+    assert "JobHandle" not in submitted.text and f"job {job_id}: .status()" in submitted.text
+    # The cell has returned; the status line goes on updating in place until the job ends.
+    updates, deadline = [], time.monotonic() + 120
+    while time.monotonic() < deadline and not any("succeeded" in text for text in updates):
+        try:
+            message = kernel.get_iopub_msg(timeout=1)
+        except Exception:
+            continue
+        if message["msg_type"] == "update_display_data":
+            updates.append(message["content"]["data"]["text/plain"])
+    assert any(f"{job_id} · running · elapsed" in text for text in updates), updates
+    assert any(
+        text.startswith(f"{job_id} · succeeded") and f"%job fetch {job_id}" in text for text in updates
+    )
+    assert any("last: step" in text for text in updates), updates
+
+    logs = run(kernel, f"%job logs {job_id}")
+    assert [line for line in logs.stdout.splitlines() if line.startswith("step")] == [
+        "step 0",
+        "step 1",
+        "step 2",
+    ]
+    assert not run(kernel, "handle = _").errors  # what %%submit returned: the job's handle
+    assert evaluate(kernel, "handle.id, handle.status(), handle.result()") == (
+        f"('{job_id}', 'succeeded', {{'step': 2, 'final': 2}})"
+    )
+    assert "step 2" in evaluate(kernel, "handle.logs()")
+    listing = run(kernel, "%jobs")
+    assert (
+        "id" in listing.displays[0] and job_id in listing.displays[0] and "succeeded" in listing.displays[0]
+    )
+
+
+def test_a_script_runs_from_the_working_directory_with_its_arguments(notebook):
+    (notebook.home / "e2e_train.py").write_text(
+        "import sys\nimport e2e_helpers\n"
+        "epochs = int(sys.argv[1]) + e2e_helpers.offset()\nprint('epochs', epochs)\n"
+    )
+    done = run(notebook.kernel, "%submit --gpus 0 --wait --out epochs e2e_train.py 3")
+    assert not done.errors, done.text
+    assert "epochs 103" in done.stdout and "local modules e2e_helpers.py" in done.stdout
+    assert evaluate(notebook.kernel, "epochs") == "103"
+
+
+def test_cancel_stops_a_long_job(notebook):
+    kernel = notebook.kernel
+    submitted = run(
+        kernel, "%%submit --gpus 1\nimport time\nprint('sleeping', flush=True)\ntime.sleep(600)\n"
+    )
+    job_id = submitted.job_id()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if "sleeping" in run(kernel, f"%job logs {job_id}").stdout:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"{job_id} never started:\n{notebook.hub.log()}")
+    cancelled = run(kernel, f"%job cancel {job_id}")
+    assert cancelled.stdout.strip() == f"{job_id} cancelled", cancelled.text
+    assert run(kernel, f"%job status {job_id}").stdout.strip() == "cancelled"
+    refused = run(kernel, f"%job fetch {job_id}")
+    refused.assert_quiet_refusal(
+        f"job {job_id} cancelled (cancelled by {notebook.user}) without returning values"
+    )
+
+
+def test_an_exception_in_the_cell_comes_back_with_the_remote_traceback(notebook):
+    failed = run(
+        notebook.kernel,
+        "%%submit --gpus 1 --wait\ndef explode(x):\n    return x / 0\n\nvalue = explode(1)\n",
+    )
+    job_id = failed.job_id()
+    assert f"job {job_id} raised ZeroDivisionError: division by zero" in failed.stderr, failed.text
+    assert 'File "<cell>", line 5, in <module>' in failed.stderr
+    assert 'File "<cell>", line 3, in explode' in failed.stderr and "return x / 0" in failed.stderr
+    assert not failed.errors and "spawner/" not in failed.text
+    again = run(notebook.kernel, f"%job fetch {job_id}")
+    assert f"job {job_id} raised ZeroDivisionError" in again.stderr and not again.errors
+
+
+def test_refusals_are_one_clear_message_and_nothing_is_sent(notebook):
+    kernel = notebook.kernel
+    assert not run(
+        kernel,
+        "import threading\nbig = np.zeros(2_000_000)\nlock = threading.Lock()\nsink = open('sink.txt', 'w')",
+    ).errors
+    run(kernel, "%%submit\ntotal = big.sum()").assert_quiet_refusal(
+        "%%submit: nothing was sent, because big (numpy.ndarray, 15.3 MiB) is over the 8 MiB limit",
+        "Save it to a file",
+    )
+    run(kernel, "%%submit\nwith lock:\n    sink.write('x')").assert_quiet_refusal(
+        "lock (_thread.lock, ",
+        "sink (_io.TextIOWrapper, ",
+        "cannot be pickled",
+        "Create it inside the cell",
+    )
+    run(kernel, "%%submit --gpus 4\nx = 1").assert_quiet_refusal(
+        "gpus: no training node has 4 GPUs; the largest has 1; ask for 1 or fewer"
+    )
+    run(kernel, "%%submit --priority high\nx = 1").assert_quiet_refusal(
+        f"priority: 'high' is for members of no group and admins, and user {notebook.user} is neither"
+    )
+    run(kernel, "%%submit --priority urgent\nx = 1").assert_quiet_refusal("give one of low, normal, high")
+
+
+def test_with_the_service_down_submitting_says_so(notebook):
+    pid = int((notebook.hub.state_dir / "gpuslice.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.1)
+    refused = run(notebook.kernel, "%%submit\nx = 1")
+    refused.assert_quiet_refusal("the gpuslice service at ")
+    assert "try again in a minute" in refused.stderr
+    run(notebook.kernel, "%jobs").assert_quiet_refusal("the gpuslice service at ")
+
+
+def test_the_example_notebook_runs_cell_by_cell_and_brings_its_values_back(notebook):
+    """examples/submit.ipynb, the README's walk-through, as a person would run it: every code cell in
+    order in the spawned server's kernel, with no error, ending with the job's values in the kernel."""
+    example = json.loads((REPO_ROOT / "examples" / "submit.ipynb").read_text())
+    cells = ["".join(cell["source"]) for cell in example["cells"] if cell["cell_type"] == "code"]
+    assert any(cell.startswith("%%submit") for cell in cells)
+    outputs = []
+    for source in cells:
+        done = run(notebook.kernel, source)
+        assert not done.errors and done.reply["content"]["status"] == "ok", f"{source}\n---\n{done}"
+        outputs.append(done)
+    assert outputs[2].job_id()  # the %%submit cell said which job it submitted
+    weight = float(evaluate(notebook.kernel, "weight"))
+    assert abs(weight - 3.0) < 0.1  # the job fitted y = 3x
+    assert float(evaluate(notebook.kernel, "final_loss")) < 0.05

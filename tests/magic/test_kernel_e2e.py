@@ -337,6 +337,23 @@ def test_refusals_are_one_clear_message_and_nothing_is_sent(notebook):
     run(kernel, "%%submit --priority urgent\nx = 1").assert_quiet_refusal("give one of low, normal, high")
 
 
+def test_the_example_notebook_runs_cell_by_cell_and_brings_its_values_back(notebook):
+    """examples/submit.ipynb, the README's walk-through, as a person would run it: every code cell in
+    order in the spawned server's kernel, with no error, ending with the job's values in the kernel."""
+    example = json.loads((REPO_ROOT / "examples" / "submit.ipynb").read_text())
+    cells = ["".join(cell["source"]) for cell in example["cells"] if cell["cell_type"] == "code"]
+    assert any(cell.startswith("%%submit") for cell in cells)
+    outputs = []
+    for source in cells:
+        done = run(notebook.kernel, source)
+        outputs.append(done)
+        assert not done.errors and done.reply["content"]["status"] == "ok", "\n---\n".join(map(str, outputs))
+    assert outputs[2].job_id()  # the %%submit cell said which job it submitted
+    weight = float(evaluate(notebook.kernel, "weight"))
+    assert abs(weight - 3.0) < 0.1  # the job fitted y = 3x
+    assert float(evaluate(notebook.kernel, "final_loss")) < 0.05
+
+
 def test_with_the_service_down_submitting_says_so(notebook):
     pid = int((notebook.hub.state_dir / "gpuslice.pid").read_text())
     os.kill(pid, signal.SIGKILL)
@@ -347,20 +364,3 @@ def test_with_the_service_down_submitting_says_so(notebook):
     refused.assert_quiet_refusal("the gpuslice service at ")
     assert "try again in a minute" in refused.stderr
     run(notebook.kernel, "%jobs").assert_quiet_refusal("the gpuslice service at ")
-
-
-def test_the_example_notebook_runs_cell_by_cell_and_brings_its_values_back(notebook):
-    """examples/submit.ipynb, the README's walk-through, as a person would run it: every code cell in
-    order in the spawned server's kernel, with no error, ending with the job's values in the kernel."""
-    example = json.loads((REPO_ROOT / "examples" / "submit.ipynb").read_text())
-    cells = ["".join(cell["source"]) for cell in example["cells"] if cell["cell_type"] == "code"]
-    assert any(cell.startswith("%%submit") for cell in cells)
-    outputs = []
-    for source in cells:
-        done = run(notebook.kernel, source)
-        assert not done.errors and done.reply["content"]["status"] == "ok", f"{source}\n---\n{done}"
-        outputs.append(done)
-    assert outputs[2].job_id()  # the %%submit cell said which job it submitted
-    weight = float(evaluate(notebook.kernel, "weight"))
-    assert abs(weight - 3.0) < 0.1  # the job fitted y = 3x
-    assert float(evaluate(notebook.kernel, "final_loss")) < 0.05

@@ -88,35 +88,19 @@ class GPUSliceClient:
 
     # ------------------------------------------------------------------ jobs
 
-    def submit(
-        self,
-        script: str,
-        *,
-        name: str,
-        gpus: int = 1,
-        priority: str = "normal",
-        time_limit: str | float | None = None,
-        workdir: str | None = None,
-        gpu_models: list[str] | None = None,
-        environment: dict[str, str] | None = None,
-        provenance: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"name": name, "script": script, "gpus": gpus, "priority": priority}
-        optional = {
-            "time_limit": time_limit,
-            "workdir": workdir,
-            "gpu_models": gpu_models,
-            "environment": environment,
-            "provenance": provenance,
-        }
-        body.update({key: value for key, value in optional.items() if value is not None})
-        return self.call("POST", "jobs", json=body)
+    def submit(self, script: str, *, name: str, **options: Any) -> dict[str, Any]:
+        """Queue a Python script; ``options`` are :meth:`submit_body`'s."""
+        return self.call("POST", "jobs", json=self.submit_body({"script": script}, name=name, **options))
 
-    def submit_cell(
-        self,
-        payload: bytes,
+    def submit_cell(self, payload: bytes, *, python: str, name: str, **options: Any) -> dict[str, Any]:
+        """Queue a cell packed by ``%%submit`` (the payload bytes as the magic made them)."""
+        cell = {"payload": base64.b64encode(payload).decode("ascii"), "python": python}
+        return self.call("POST", "jobs", json=self.submit_body({"cell": cell}, name=name, **options))
+
+    @staticmethod
+    def submit_body(
+        payload: dict[str, Any],
         *,
-        python: str,
         name: str,
         gpus: int = 1,
         priority: str = "normal",
@@ -126,13 +110,9 @@ class GPUSliceClient:
         environment: dict[str, str] | None = None,
         provenance: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Queue a cell packed by ``%%submit`` (the payload bytes as the magic made them)."""
-        body: dict[str, Any] = {
-            "name": name,
-            "cell": {"payload": base64.b64encode(payload).decode("ascii"), "python": python},
-            "gpus": gpus,
-            "priority": priority,
-        }
+        """The body of ``POST jobs``: the payload (``script`` or ``cell``) and the job's request,
+        leaving out what was not given so that the service's defaults apply."""
+        body: dict[str, Any] = {"name": name, **payload, "gpus": gpus, "priority": priority}
         optional = {
             "time_limit": time_limit,
             "workdir": workdir,
@@ -141,7 +121,7 @@ class GPUSliceClient:
             "provenance": provenance,
         }
         body.update({key: value for key, value in optional.items() if value is not None})
-        return self.call("POST", "jobs", json=body)
+        return body
 
     def result(self, job_id: str) -> dict[str, Any]:
         """How a job ended; for a cell job the names of its values or its exception (see the API)."""

@@ -236,9 +236,9 @@ def schedule(
         if blocked_by_reservation:
             reservation = decision.reservation
             reason = (
-                f"it would fit now, but its time limit ({_duration(job.time_limit_s)}) would delay job "
-                f"{reservation.job_id}, first in the queue, which has node {reservation.node} reserved "
-                f"in {_duration(reservation.start_by - now)}; " + reason
+                f"it would fit now, but its time limit ({describe_duration(job.time_limit_s)}) would "
+                f"delay job {reservation.job_id}, first in the queue, which has node {reservation.node} "
+                f"reserved in {describe_duration(reservation.start_by - now)}; " + reason
             )
         if within_guarantee:
             victims = _preemption_plan(cluster, job, borrowed_on, preempting, stopping)
@@ -364,8 +364,9 @@ def _preemption_plan(
     return best
 
 
-def _duration(seconds: float) -> str:
-    """``5400`` -> ``1h30m``: how long, as a waiting reason says it."""
+def describe_duration(seconds: float) -> str:
+    """``43200`` -> ``12h``, ``5400`` -> ``1h30m``, ``42`` -> ``42s``: how long, as people read it in
+    waiting reasons, time-limit failures and the pages."""
     seconds = max(0, round(seconds))
     parts = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):

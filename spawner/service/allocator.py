@@ -145,12 +145,13 @@ class Allocator:
     def _quota_json(self, usage: quota.Usage, user: HubUser, group: str | None) -> dict[str, Any]:
         policy = self.profiles.quotas
         return {
-            "user": _holder_json(user.name, usage.of_user(user.name), policy.for_user(user.name)),
-            "group": _holder_json(group, usage.of_group(group), policy.for_group(group)) if group else None,
+            "user": holder_json(user.name, usage.of_user(user.name), policy.for_user(user.name)),
+            "group": holder_json(group, usage.of_group(group), policy.for_group(group)) if group else None,
         }
 
 
-def _holder_json(name: str, held: HolderUsage, limits: Limits) -> dict[str, Any]:
+def holder_json(name: str, held: HolderUsage, limits: Limits) -> dict[str, Any]:
+    """A user's or group's interactive holdings beside their limits (the spawn page and admin page)."""
     return {
         "name": name,
         "servers": held.servers,

@@ -60,13 +60,9 @@ class OpenAPIHandler(PublicHandler):
         self.finish(resources.files("spawner.service").joinpath("openapi.json").read_text())
 
 
-class APIHandler(JSONErrorMixin, HubAuthenticated, web.RequestHandler):
-    """An authenticated endpoint; ``self.requester`` says who called.
-
-    Programs send a JupyterHub API token. The service's own web pages call the same API with the
-    login cookie their OAuth left, and such calls must carry the pages' XSRF token (header
-    ``X-XSRFToken``), so that another site cannot make a logged-in browser act here.
-    """
+class ServiceUserMixin(HubAuthenticated):
+    """Who may come in, for the API and the pages alike: the hub's model of the caller becomes a
+    :class:`Requester`, and only holders of the service's access or admin scope pass."""
 
     requester: Requester
 
@@ -88,6 +84,37 @@ class APIHandler(JSONErrorMixin, HubAuthenticated, web.RequestHandler):
     def hub_scopes(self) -> set[str]:
         # Access to the service, or its admin scope; the service itself is let in before this.
         return set(self.hub_auth.access_scopes) | {self.admin_scope}
+
+    def admit(self, model: dict[str, Any]) -> Requester:
+        """The caller as a :class:`Requester`; ``self.refuse_entry`` for one without the scopes."""
+        requester = Requester.from_model(
+            model,
+            service_name=self.service_name,
+            admin_scope=self.admin_scope,
+            hub_admins_are_admins=self.hub_admins_are_admins,
+        )
+        if not requester.is_service_itself:
+            try:
+                self.check_hub_user(model)
+            except UserNotAllowed:
+                raise self.refuse_entry(
+                    f"{requester.describe()} may not use the gpuslice service; it needs one of the "
+                    f"scopes {', '.join(sorted(self.hub_scopes))}"
+                ) from None
+        return requester
+
+    def refuse_entry(self, message: str) -> web.HTTPError:
+        """The 403 for a caller without the scopes, in the handler's own form (JSON or a page)."""
+        return api_error(403, message)
+
+
+class APIHandler(JSONErrorMixin, ServiceUserMixin, web.RequestHandler):
+    """An authenticated endpoint; ``self.requester`` says who called.
+
+    Programs send a JupyterHub API token. The service's own web pages call the same API with the
+    login cookie their OAuth left, and such calls must carry the pages' XSRF token (header
+    ``X-XSRFToken``), so that another site cannot make a logged-in browser act here.
+    """
 
     def check_xsrf_cookie(self) -> None:
         """JupyterHub's check for cookie-authenticated calls; a token-authenticated call needs none.
@@ -122,22 +149,7 @@ class APIHandler(JSONErrorMixin, HubAuthenticated, web.RequestHandler):
                 "this API needs a JupyterHub API token: send the header 'Authorization: token <token>' "
                 "(or log in on the service's pages, which use the hub's login)",
             )
-        requester = Requester.from_model(
-            model,
-            service_name=self.service_name,
-            admin_scope=self.admin_scope,
-            hub_admins_are_admins=self.hub_admins_are_admins,
-        )
-        if not requester.is_service_itself:
-            try:
-                self.check_hub_user(model)
-            except UserNotAllowed:
-                raise api_error(
-                    403,
-                    f"{requester.describe()} may not use the gpuslice service; it needs one of the "
-                    f"scopes {', '.join(sorted(self.hub_scopes))}",
-                ) from None
-        self.requester = requester
+        self.requester = self.admit(model)
 
     def json_body(self) -> Any:
         try:

@@ -78,17 +78,6 @@ def run_id(record: JobRecord, attempt: int | None = None) -> str | None:
     return f"{record.id}-{attempt}" if attempt else None
 
 
-def describe_duration(seconds: float) -> str:
-    """``43200`` -> ``12h``, ``5400`` -> ``1h30m``, ``42`` -> ``42s``."""
-    seconds = round(seconds)
-    parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            parts.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return "".join(parts) or "0s"
-
-
 def largest_gang(nodes: list[Node], gpu_models: frozenset[str]) -> int:
     """The most GPUs (of ``gpu_models``, if given) one training node has."""
     return max(

@@ -21,15 +21,16 @@ from typing import Any
 from urllib.parse import urlparse
 
 from jinja2 import Environment, FileSystemLoader
-from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated, UserNotAllowed
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
 
 from spawner.core.quota import HolderUsage, Limits
+from spawner.core.scheduler import describe_duration
 from spawner.core.units import MILLI_PER_GPU
 
-from .allocator import Allocator
-from .auth import Requester
-from .jobs import TERMINAL_STATES, JobService, describe_duration
+from .allocator import holder_json
+from .handlers import ServiceUserMixin
+from .jobs import TERMINAL_STATES, JobService
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE / "templates"
@@ -69,34 +70,17 @@ TEMPLATES.globals.update(limit_text=limit_text, share_of_limit=share_of_limit, c
 TEMPLATES.filters["duration"] = describe_duration
 
 
-class PageHandler(HubOAuthenticated, web.RequestHandler):
+class PageHandler(ServiceUserMixin, HubOAuthenticated, web.RequestHandler):
     """A page for a person in a browser: OAuth login through the hub, HTML errors.
 
     ``self.current_user`` is set in :meth:`prepare` without blocking the event loop (HubOAuth's
     synchronous ``get_current_user`` would wait for the hub on it); ``@web.authenticated`` then
-    sends a stranger to the hub's OAuth page and back.
+    sends a stranger to the hub's OAuth page and back. Who may enter is the API's rule
+    (:class:`ServiceUserMixin`).
     """
 
-    requester: Requester
-
-    def initialize(
-        self,
-        allocator: Allocator,
-        hub_auth: HubOAuth,
-        service_name: str,
-        admin_scope: str,
-        hub_admins_are_admins: bool,
-    ) -> None:
-        self.allocator = allocator
-        self.hub_auth = hub_auth
-        self.service_name = service_name
-        self.admin_scope = admin_scope
-        self.hub_admins_are_admins = hub_admins_are_admins
-
-    @property
-    def hub_scopes(self) -> set[str]:
-        # The same people as the API lets in: access to the service, or its admin scope.
-        return set(self.hub_auth.access_scopes) | {self.admin_scope}
+    def refuse_entry(self, message: str) -> web.HTTPError:
+        return web.HTTPError(403, "%s", message)
 
     @property
     def jobs(self) -> JobService | None:
@@ -106,22 +90,7 @@ class PageHandler(HubOAuthenticated, web.RequestHandler):
         model = await self.hub_auth.get_user(self, sync=False)
         if not model:
             return  # @web.authenticated sends the browser to the hub's login
-        requester = Requester.from_model(
-            model,
-            service_name=self.service_name,
-            admin_scope=self.admin_scope,
-            hub_admins_are_admins=self.hub_admins_are_admins,
-        )
-        try:
-            self.check_hub_user(model)
-        except UserNotAllowed:
-            raise web.HTTPError(
-                403,
-                "%s",
-                f"{requester.describe()} may not use the gpuslice service; ask an admin for one of "
-                f"the scopes {', '.join(sorted(self.hub_scopes))}",
-            ) from None
-        self.requester = requester
+        self.requester = self.admit(model)
         self.current_user = model
 
     @property
@@ -243,13 +212,10 @@ def holder_view(holder: dict[str, Any], jobs_by_lease: dict[str, dict[str, Any]]
 
 
 def group_view(name: str, held: HolderUsage, limits: Limits) -> dict[str, Any]:
-    """A group's holdings beside its limits, as the admin page's quota table shows them."""
+    """A group's holdings beside its limits, as the admin page's quota table shows them: the
+    interactive figures the spawn page shows too, and the batch ones."""
     return {
-        "name": name,
-        "servers": held.servers,
-        "max_servers": limits.interactive.max_servers,
-        "milli_gpu": held.interactive_milli,
-        "max_milli_gpu": limits.interactive.max_milli_gpu,
+        **holder_json(name, held, limits),
         "batch_jobs": held.batch_jobs,
         "max_running_jobs": limits.batch.max_running_jobs,
         "batch_gpus": held.batch_gpus,

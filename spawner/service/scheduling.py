@@ -40,12 +40,12 @@ from traitlets.config import LoggingConfigurable
 
 from spawner.core import scheduler
 from spawner.core.quota import QuotaPolicy
-from spawner.core.scheduler import GroupShare, RunningJob, Start
+from spawner.core.scheduler import GroupShare, RunningJob, Start, describe_duration
 from spawner.core.units import Lease, Node, SliceRequest, WorkloadClass
 from spawner.ledger import LeaseConflictError, LedgerError
 
 from .executor.base import ExecutionState, UnknownJob
-from .jobs import JobService, describe_duration, run_id
+from .jobs import JobService, run_id
 
 RESERVED_POOL = "reserved-for-interactive"
 """The pool a reclaimed dev GPU is in for the scheduler while it waits for its interactive slice:

@@ -142,7 +142,8 @@ def run_level(api: str, tokens: list[str], clients: int, seconds: float) -> dict
 def queue_length(api: str, token: str) -> int:
     session = requests.Session()
     session.headers["Authorization"] = f"token {token}"
-    return len(session.get(api + "jobs", params={"state": "queued"}, timeout=60).json()["jobs"])
+    answer = session.get(api + "jobs", params={"state": "queued", "limit": 10000}, timeout=60)
+    return len(answer.json()["jobs"])
 
 
 def hold_both_gpus(api: str, token: str) -> list[str]:

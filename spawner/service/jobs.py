@@ -234,8 +234,10 @@ class JobService(LoggingConfigurable):
     async def get(self, job_id: str) -> JobRecord | None:
         return await self.call(self.store.get, job_id)
 
-    async def list(self, owner: str | None, states: list[str] | None) -> list[JobRecord]:
-        return await self.call(self.store.list, owner=owner, states=states)
+    async def list(
+        self, owner: str | None, states: list[str] | None, limit: int | None = None
+    ) -> list[JobRecord]:
+        return await self.call(self.store.list, owner=owner, states=states, limit=limit)
 
     async def events(self, job_id: str) -> list[Any]:
         return await self.call(self.store.events, job_id)

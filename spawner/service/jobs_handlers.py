@@ -17,13 +17,19 @@ from .job_request import JobBodyError, parse_job_body
 from .jobs import STATES, TERMINAL_STATES, JobService
 
 
-def job_json(record: JobRecord, jobs: JobService) -> dict[str, Any]:
-    """A job as the API returns it, with its place in the queue while it waits."""
-    model = record.to_dict()
+def job_json(record: JobRecord, jobs: JobService, listing: bool = False) -> dict[str, Any]:
+    """A job as the API returns it, with its place in the queue while it waits; a listing leaves
+    out the provenance, which ``GET jobs/{id}`` has."""
+    model = record.to_dict(include_provenance=not listing)
     waiting = jobs.waiting.get(record.id) if record.state == "queued" else None
     model["queue_position"] = waiting.position if waiting else None
     model["waiting_reason"] = waiting.reason if waiting else None
     return model
+
+
+DEFAULT_LIST_LIMIT = 500
+"""How many of the newest jobs ``GET jobs`` returns unless ``limit`` says otherwise."""
+MAX_LIST_LIMIT = 10000
 
 
 class JobsAPIHandler(APIHandler):
@@ -65,8 +71,13 @@ class JobsHandler(JobsAPIHandler):
         for state in states or ():
             if state not in STATES:
                 raise api_error(400, f"state: no state {state!r}; give one of {', '.join(STATES)}")
-        records = await self.jobs.list(user, states)
-        self.reply(200, {"jobs": [job_json(record, self.jobs) for record in records]})
+        limit = self.get_argument("limit", str(DEFAULT_LIST_LIMIT))
+        if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIST_LIMIT:
+            raise api_error(
+                400, f"limit: give a whole number of jobs from 1 to {MAX_LIST_LIMIT}, not {limit!r}"
+            )
+        records = await self.jobs.list(user, states, int(limit))
+        self.reply(200, {"jobs": [job_json(record, self.jobs, listing=True) for record in records]})
 
     async def post(self) -> None:
         if self.requester.kind != "user":

@@ -182,7 +182,7 @@ class AdminPageHandler(PageHandler):
         from .jobs_handlers import job_json  # the API's view of a job, with its queue position
 
         records = await self.jobs.list(None, QUEUE_STATES)
-        queue = [job_json(record, self.jobs) for record in records]
+        queue = [job_json(record, self.jobs, listing=True) for record in records]
         running = sorted(
             (job for job in queue if job["state"] == "running"), key=lambda job: job["started_at"] or 0
         )

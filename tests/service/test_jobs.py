@@ -195,3 +195,19 @@ def test_cancelling_a_queued_job_takes_it_out_of_the_queue(hub):
     finished = alice.post(hub.api + f"jobs/{queued['id']}/cancel", timeout=30).json()["job"]
     assert finished["started_at"] is None and finished["state"] == "cancelled"
     assert alice.get(hub.api + f"jobs/{queued['id']}/logs", timeout=30).json()["data"] == ""
+
+
+def test_listings_are_newest_first_within_a_limit_and_leave_the_provenance_to_the_job(hub):
+    bob = hub.as_user("bob")
+    first = submit(bob, hub, "print('one')\n", name="first", provenance={"cell": "one"})
+    second = submit(bob, hub, "print('two')\n", name="second", provenance={"cell": "two"})
+    listed = bob.get(hub.api + "jobs", params={"limit": 1}, timeout=30).json()["jobs"]
+    assert [job["id"] for job in listed] == [second["id"]]
+    assert "provenance" not in listed[0] and "payload" not in listed[0]
+    assert get_job(bob, hub, first["id"])["job"]["provenance"] == {"cell": "one"}
+    for limit in ("0", "-3", "many", "10001"):
+        response = bob.get(hub.api + "jobs", params={"limit": limit}, timeout=30)
+        assert response.status_code == 400, response.text
+        assert response.json()["message"].startswith("limit: give a whole number of jobs from 1 to 10000")
+    for job in (first, second):
+        bob.post(hub.api + f"jobs/{job['id']}/cancel", timeout=60)

@@ -305,7 +305,7 @@ class Refusal:
         used = f"{_number(self.usage)}/{_number(self.limit)}"
         mine = self.holder_kind is HolderKind.user
         free_up = "stop one of your servers" if mine else f"wait until a member of {self.holder} stops one"
-        ask_admin = "ask an admin to raise " + ("your quota" if mine else "the group's quota")
+        ask_admin = _ask_admin(self.holder_kind)
         if self.rule is Rule.interactive_servers:
             return f"{who} already runs {used} notebook servers with a GPU slice; {free_up} or {ask_admin}"
         if self.rule is Rule.interactive_milli_gpu:
@@ -344,6 +344,10 @@ class Refusal:
             "unit": self.unit,
             "message": self.message,
         }
+
+
+def _ask_admin(kind: HolderKind) -> str:
+    return "ask an admin to raise " + ("your quota" if kind is HolderKind.user else "the group's quota")
 
 
 def _number(value: float) -> str:
@@ -419,6 +423,46 @@ def check_batch_start(
         hours, budget = held.batch_gpu_hours_week, batch.max_gpu_hours_week
         if budget is not None and (hours >= budget or _exceeds(hours, expected_gpu_hours, budget)):
             return _refusal(Rule.batch_gpu_hours_week, kind, holder, hours, expected_gpu_hours, budget)
+    return None
+
+
+def batch_never_starts(
+    policy: QuotaPolicy, user: str, group: str | None, gpus: int, time_limit_s: float
+) -> str | None:
+    """Why a batch job could never start under the user's or the group's batch limits, however
+    idle the GPUs and whatever else they run; ``None`` if it can start some day.
+
+    A job that asks for more GPUs than its holder may ever hold, or more GPU-hours (GPUs times its
+    time limit) than a whole week's budget, would wait in the queue forever; it is refused at
+    submission instead, with the limit and what to ask for. The checks run against no usage at
+    all, so they never refuse what a quieter moment would allow (that is :func:`check_batch_start`'s
+    job, when the scheduler starts it).
+    """
+    if gpus <= 0:
+        return None
+    hours = gpus * time_limit_s / 3600 if math.isfinite(time_limit_s) else math.inf
+    for kind, holder, limits, _ in _holders(policy, Usage(), user, group):
+        batch = limits.batch
+        who = f"{kind.value} {holder}"
+        ask_admin = _ask_admin(kind)
+        if batch.max_running_jobs == 0:
+            return f"{who} may run no batch jobs (running_jobs: 0); {ask_admin}"
+        most = batch.max_gpus
+        if most is not None and gpus > most:
+            return (
+                f"gpus: {who} may hold at most {most} GPUs for batch jobs (guaranteed "
+                f"{batch.guaranteed_gpus} plus borrowing {batch.borrowing_limit_gpus}); this job asks for "
+                f"{gpus} and could never start; ask for {most} or fewer, or {ask_admin}"
+            )
+        budget = batch.max_gpu_hours_week
+        if budget is not None and hours > budget:
+            longest = budget / gpus
+            return (
+                f"time_limit: {who} has {_number(budget)} GPU-hours of batch jobs a week, and this job "
+                f"may take {_number(hours)} ({gpus} GPU{'s' if gpus != 1 else ''} for its time limit), so "
+                f"it could never start; give a time limit of at most {_number(longest)}h, or fewer GPUs, "
+                f"or {ask_admin}"
+            )
     return None
 
 

@@ -205,9 +205,14 @@ class JobService(LoggingConfigurable):
                 f"ask for {largest} or fewer"
                 + ("" if largest else " (there is no training GPU: ask an admin to add a train pool)")
             )
+        policy = self.allocator.profiles.quotas
+        group = quota.charge_group(user.groups, policy)
+        never = quota.batch_never_starts(policy, user.name, group, body.gpus, body.time_limit_s)
+        if never is not None:
+            raise JobBodyError(never)
         spec = JobSpec(
             owner=user.name,
-            group=quota.charge_group(user.groups, self.allocator.profiles.quotas),
+            group=group,
             name=body.name,
             payload=body.stored_payload(),
             payload_kind=body.kind,

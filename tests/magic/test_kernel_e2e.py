@@ -335,6 +335,11 @@ def test_refusals_are_one_clear_message_and_nothing_is_sent(notebook):
         f"priority: 'high' is for members of no group and admins, and user {notebook.user} is neither"
     )
     run(kernel, "%%submit --priority urgent\nx = 1").assert_quiet_refusal("give one of low, normal, high")
+    # profiles/quotas.yaml gives every user 100 GPU-hours of batch jobs a week.
+    run(kernel, "%%submit --time 200h\nx = 1").assert_quiet_refusal(
+        f"time_limit: user {notebook.user} has 100 GPU-hours of batch jobs a week, and this job may take 200",
+        "give a time limit of at most 100h",
+    )
 
 
 def test_the_example_notebook_runs_cell_by_cell_and_brings_its_values_back(notebook):

@@ -18,6 +18,7 @@ from spawner.core.quota import (
     Refusal,
     Rule,
     Usage,
+    batch_never_starts,
     beyond_guarantee,
     charge_group,
     check,
@@ -136,6 +137,30 @@ def test_batch_gpus_are_capped_by_guarantee_plus_borrowing():
     )
     assert refusal.message.startswith("group vision already uses 4/6 GPUs for batch jobs")
     assert "this job needs 3 more" in refusal.message
+
+
+def test_a_job_bigger_than_the_guarantee_plus_borrowing_could_never_start():
+    limits = Limits(batch=BatchLimits(guaranteed_gpus=4, borrowing_limit_gpus=2))
+    policy = QuotaPolicy(groups={"vision": limits})
+    assert batch_never_starts(policy, "bob", "vision", 6, 3600) is None
+    why = batch_never_starts(policy, "bob", "vision", 7, 3600)
+    assert why == (
+        "gpus: group vision may hold at most 6 GPUs for batch jobs (guaranteed 4 plus borrowing 2); "
+        "this job asks for 7 and could never start; ask for 6 or fewer, or ask an admin to raise the "
+        "group's quota"
+    )
+
+
+def test_a_job_longer_than_a_weeks_budget_could_never_start_and_cpu_jobs_are_not_rationed():
+    policy = QuotaPolicy(default_user=Limits(batch=BatchLimits(max_gpu_hours_week=100, max_running_jobs=2)))
+    assert batch_never_starts(policy, "alice", None, 2, 50 * 3600) is None  # exactly the budget
+    why = batch_never_starts(policy, "alice", None, 2, 60 * 3600)
+    assert why.startswith("time_limit: user alice has 100 GPU-hours of batch jobs a week, and this job")
+    assert "may take 120 (2 GPUs for its time limit)" in why
+    assert "give a time limit of at most 50h, or fewer GPUs, or ask an admin to raise your quota" in why
+    assert batch_never_starts(policy, "alice", None, 0, float("inf")) is None
+    closed = QuotaPolicy(default_user=Limits(batch=BatchLimits(max_running_jobs=0)))
+    assert batch_never_starts(closed, "alice", None, 1, 60).startswith("user alice may run no batch jobs")
 
 
 def test_unlimited_borrowing_means_no_batch_gpu_cap():

@@ -138,6 +138,25 @@ def decayed_usage(previous: float, gpus_held: float, elapsed_s: float, half_life
     return previous * decay + gpus_held * elapsed_s
 
 
+def gpu_seconds_between(
+    runs: Iterable[tuple[str | None, int, float | None, float | None]], since: float, now: float
+) -> dict[str | None, float]:
+    """GPU-seconds each group's jobs used between ``since`` and ``now``.
+
+    ``runs`` are ``(group, gpus, started_at, ended_at)``, with ``ended_at`` None for a job still
+    running. Each run counts over the part of it inside the interval, so a job that started and
+    ended between two scheduling passes counts too, and the last stretch of one that ended is not
+    lost; a run with no start time counts from ``since``.
+    """
+    used: dict[str | None, float] = {}
+    for group, gpus, started_at, ended_at in runs:
+        start = since if started_at is None else max(started_at, since)
+        end = now if ended_at is None else min(ended_at, now)
+        if end > start:
+            used[group] = used.get(group, 0.0) + gpus * (end - start)
+    return used
+
+
 def fair_order(
     queue: Iterable[BatchJob], usage: Mapping[str | None, float], shares: Mapping[str | None, GroupShare]
 ) -> list[BatchJob]:

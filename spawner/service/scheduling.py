@@ -43,6 +43,7 @@ from spawner.core.quota import QuotaPolicy
 from spawner.core.scheduler import GroupShare, RunningJob, Start, describe_duration
 from spawner.core.units import Lease, Node, SliceRequest, WorkloadClass
 from spawner.ledger import LeaseConflictError, LedgerError
+from spawner.ledger.jobs import JobRecord
 
 from .executor.base import ExecutionState, UnknownJob
 from .jobs import JobService, run_id
@@ -149,14 +150,15 @@ class BatchScheduler(LoggingConfigurable):
 
     # ------------------------------------------------------------------------------- running
 
-    async def poll_running(self, jobs: JobService, lost_reason: str = LOST) -> None:
-        """Finish every running job whose process exited or vanished."""
+    async def poll_running(self, jobs: JobService, lost_reason: str = LOST) -> list[JobRecord]:
+        """Finish every running job whose process exited or vanished; the jobs it finished."""
+        finished = []
         for record in await jobs.call(jobs.store.running):
             status = await jobs.process_status(record)
             if status is not None and status.state is ExecutionState.running:
                 continue
             if status is None or status.state is ExecutionState.lost:
-                await jobs.finish(record, "failed", lost_reason, exit_code=None)
+                finished.append(await jobs.finish(record, "failed", lost_reason, exit_code=None))
                 continue
             if status.timed_out:
                 state = "failed"
@@ -167,14 +169,15 @@ class BatchScheduler(LoggingConfigurable):
                 state, reason = "failed", f"the script was killed by signal {-status.exit_code}"
             else:
                 state, reason = "failed", f"the script exited with code {status.exit_code}"
-            await jobs.finish(record, state, reason, exit_code=status.exit_code)
+            finished.append(await jobs.finish(record, state, reason, exit_code=status.exit_code))
+        return finished
 
     # ----------------------------------------------------------------------------- one pass
 
     async def schedule_once(self, jobs: JobService, now: float | None = None) -> scheduler.Decision:
         """One whole pass; the caller holds ``jobs.lock``."""
         now = time.time() if now is None else now
-        await self.poll_running(jobs)
+        finished = await self.poll_running(jobs)
         await self._load_usage(jobs)
         ledger = jobs.allocator.ledger
         nodes, leases, running_records, preempted_records, queued_records = await asyncio.gather(
@@ -195,7 +198,7 @@ class BatchScheduler(LoggingConfigurable):
             jobs, by_id.values(), {record.id for record in running_records + preempted_records}
         )
         occupied = [lease.placement for lease in by_id.values() if lease.id not in released]
-        self._decay_usage(running, now)
+        self._decay_usage(running, finished, now)
         queue = [record.as_batch_job() for record in queued_records]
         shares = group_shares(jobs.allocator.profiles.quotas, [job.group for job in queue] + list(self.usage))
         decision = await asyncio.to_thread(
@@ -269,15 +272,19 @@ class BatchScheduler(LoggingConfigurable):
         except LedgerError as error:
             self.log.warning("fair-share usage not saved this pass (%s); the next pass saves it", error)
 
-    def _decay_usage(self, running: Sequence[RunningJob], now: float) -> None:
-        elapsed = 0.0 if self._usage_at is None else now - self._usage_at
+    def _decay_usage(self, running: Sequence[RunningJob], finished: Sequence[JobRecord], now: float) -> None:
+        """Decay every group's usage, and add what its jobs used since the last pass: those still
+        holding GPUs, and those that ended in between (however short)."""
+        since = now if self._usage_at is None else self._usage_at
         self._usage_at = now
-        held: dict[str | None, int] = defaultdict(int)
-        for job in running:
-            held[job.job.group] += job.job.gpus
-        for group in set(self.usage) | set(held):
+        elapsed = now - since
+        runs = [(job.job.group, job.job.gpus, job.started_at, None) for job in running]
+        runs += [(record.group, record.gpus, record.started_at, record.ended_at) for record in finished]
+        used = scheduler.gpu_seconds_between(runs, since, now)
+        for group in set(self.usage) | set(used):
+            rate = used.get(group, 0.0) / elapsed if elapsed > 0 else 0.0
             self.usage[group] = scheduler.decayed_usage(
-                self.usage[group], held[group], elapsed, self.usage_half_life_seconds
+                self.usage[group], rate, elapsed, self.usage_half_life_seconds
             )
 
     async def _release_orphans(

@@ -11,6 +11,7 @@ from spawner.core.scheduler import (
     RunningJob,
     _reserve,
     decayed_usage,
+    gpu_seconds_between,
     reclaim_for_interactive,
     schedule,
 )
@@ -182,3 +183,15 @@ def test_decisions_respect_capacity_gangs_and_the_reservation(queue, busy):
             cluster.allocate(held.placement)
         again = _reserve(cluster, head, now_running, now=20.0)
         assert again is not None and again.start_by <= decision.reservation.start_by
+
+
+def test_usage_between_passes_counts_every_run_over_its_part_of_the_interval():
+    runs = [
+        ("vision", 2, 50.0, None),  # running since before the last pass: 100-110 counts
+        ("vision", 1, 103.0, 105.0),  # started and ended between the passes: all of it
+        ("nlp", 4, 90.0, 104.0),  # ended between the passes: its last stretch, 100-104
+        ("nlp", 8, 20.0, 80.0),  # ended before the last pass: nothing
+        ("audio", 1, None, None),  # adopted after a restart, start unknown: from the last pass
+    ]
+    assert gpu_seconds_between(runs, since=100.0, now=110.0) == {"vision": 22.0, "nlp": 16.0, "audio": 10.0}
+    assert gpu_seconds_between(runs, since=110.0, now=110.0) == {}

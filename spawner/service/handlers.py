@@ -31,16 +31,21 @@ def api_error(status: int, message: str) -> web.HTTPError:
     return web.HTTPError(status, "%s", message)
 
 
+def error_sentence(handler: web.RequestHandler, **write_error_kwargs: Any) -> str:
+    """The sentence of an error as ``write_error`` receives it: the ``HTTPError``'s own message (a
+    refusal says what to do next), else the status's standard reason."""
+    exc_info = write_error_kwargs.get("exc_info")
+    error = exc_info[1] if exc_info is not None else None
+    if isinstance(error, web.HTTPError) and error.log_message:
+        return error.log_message % error.args if error.args else error.log_message
+    return handler._reason
+
+
 class JSONErrorMixin:
     """Write every error as ``{"status", "message"}`` instead of tornado's HTML page."""
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        message = self._reason
-        exc_info = kwargs.get("exc_info")
-        if exc_info is not None:
-            error = exc_info[1]
-            if isinstance(error, web.HTTPError) and error.log_message:
-                message = error.log_message % error.args if error.args else error.log_message
+        message = error_sentence(self, **kwargs)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": status_code, "message": message}))
 

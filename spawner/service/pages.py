@@ -29,7 +29,7 @@ from spawner.core.scheduler import describe_duration
 from spawner.core.units import MILLI_PER_GPU
 
 from .allocator import holder_json
-from .handlers import ServiceUserMixin
+from .handlers import ServiceUserMixin, error_sentence
 from .jobs import TERMINAL_STATES, JobService
 
 HERE = Path(__file__).resolve().parent
@@ -116,12 +116,7 @@ class PageHandler(ServiceUserMixin, HubOAuthenticated, web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """An HTML page with the sentence that says what happened, instead of tornado's bare one."""
-        message = self._reason
-        exc_info = kwargs.get("exc_info")
-        if exc_info is not None:
-            error = exc_info[1]
-            if isinstance(error, web.HTTPError) and error.log_message:
-                message = error.log_message % error.args if error.args else error.log_message
+        message = error_sentence(self, **kwargs)
         title = f"{status_code} {self._reason}"
         self.render_page("error.html", title=title, status=status_code, message=message)
 

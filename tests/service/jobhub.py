@@ -30,9 +30,9 @@ JOB_SERVICE_ARGS = " ".join(
 FINAL = ("succeeded", "failed", "cancelled")
 
 
-def start_job_hub(state_dir) -> ServiceHub:
+def start_job_hub(state_dir, extra_service_args: str = "") -> ServiceHub:
     hub = ServiceHub(state_dir)
-    hub.env["GPUSLICE_TEST_SERVICE_ARGS"] = JOB_SERVICE_ARGS
+    hub.env["GPUSLICE_TEST_SERVICE_ARGS"] = f"{JOB_SERVICE_ARGS} {extra_service_args}".strip()
     try:
         hub.start()
         hold_the_dev_gpu(hub)

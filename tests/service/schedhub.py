@@ -7,8 +7,6 @@ scheduler's order is only observable when the test owns every GPU and every job.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -67,25 +65,11 @@ class SchedHub(ServiceHub):
         super().__init__(state_dir)
         (state_dir / "profiles" / "quotas.yaml").write_text(quotas)
         self.env["GPUSLICE_TEST_SERVICE_ARGS"] = " ".join(FAST_SCHEDULER_ARGS + service_args)
-        self.config_file = HERE / "hub_test_config.py"
         if gpus_yaml is not None:
             gpus_file = state_dir / "gpus.yaml"
             gpus_file.write_text(gpus_yaml)
             self.env["GPUSLICE_TEST_GPUS_FILE"] = str(gpus_file)
             self.config_file = HERE / "static_hub_config.py"
-
-    def start(self, timeout: float = 90) -> SchedHub:
-        jupyterhub = Path(sys.executable).with_name("jupyterhub")
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [str(jupyterhub), "-f", str(self.config_file)],
-                cwd=self.state_dir,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.wait_for_service(timeout)
-        return self
 
 
 def start_sched_hub(

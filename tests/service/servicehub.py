@@ -71,6 +71,7 @@ class ServiceHub:
             "GPUSLICE_TEST_PROFILES": str(profiles),
         }
         self.log_path = state_dir / "hub.log"
+        self.config_file = HERE / "hub_test_config.py"
         self.process: subprocess.Popen | None = None
         self.tokens: dict[str, str] = {}
 
@@ -78,7 +79,7 @@ class ServiceHub:
         jupyterhub = Path(sys.executable).with_name("jupyterhub")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [str(jupyterhub), "-f", str(HERE / "hub_test_config.py")],
+                [str(jupyterhub), "-f", str(self.config_file)],
                 cwd=self.state_dir,
                 env=self.env,
                 stdout=log,

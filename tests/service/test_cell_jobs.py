@@ -12,8 +12,7 @@ import pytest
 
 from spawner.magic.capture import capture, cell_names, pack
 
-from .jobhub import FINAL, JOB_SERVICE_ARGS, get_job, hold_the_dev_gpu, wait_for, wait_for_log
-from .servicehub import ServiceHub
+from .jobhub import FINAL, get_job, start_job_hub, wait_for, wait_for_log
 
 pytestmark = pytest.mark.slow
 
@@ -23,16 +22,10 @@ MAX_CELL_PAYLOAD_BYTES = 200_000
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    hub = ServiceHub(tmp_path_factory.mktemp("cell-jobs-hub"))
-    hub.env["GPUSLICE_TEST_SERVICE_ARGS"] = (
-        f"{JOB_SERVICE_ARGS} --JobService.max_cell_payload_bytes={MAX_CELL_PAYLOAD_BYTES}"
+    hub = start_job_hub(
+        tmp_path_factory.mktemp("cell-jobs-hub"),
+        f"--JobService.max_cell_payload_bytes={MAX_CELL_PAYLOAD_BYTES}",
     )
-    try:
-        hub.start()
-        hold_the_dev_gpu(hub)
-    except Exception:
-        hub.stop()
-        raise
     yield hub
     hub.stop()
 

@@ -72,6 +72,15 @@ def service_token() -> str:
     return token_file.read_text().strip()
 
 
+SPAWNER = os.environ.get("GPUSLICE_SPAWNER", "gpuslice-local-simple")
+
+
+def service_executor_args() -> list[str]:
+    """Batch jobs run as the same account as their owner's notebook server: their own with
+    "gpuslice-local" (servers as system users), the hub's with the quick start's spawner."""
+    return ["--LocalExecutor.run_as_owner=True"] if SPAWNER == "gpuslice-local" else []
+
+
 def service_inventory_args() -> list[str]:
     """Where the service's GPUs come from: NVML, else simulated demo GPUs labelled simulated."""
     args = [f"--Inventory.source={os.environ.get('GPUSLICE_INVENTORY', 'auto')}"]
@@ -100,6 +109,7 @@ c.JupyterHub.services = [
             f"--profiles-dir={PROFILES_DIR}",
             f"--pid-file={STATE_DIR / 'gpuslice.pid'}",
             *service_inventory_args(),
+            *service_executor_args(),
         ],
         "cwd": str(HERE),
         "environment": {"GPUSLICE_STATE_DIR": str(STATE_DIR)},
@@ -145,7 +155,7 @@ if os.environ.get("GPUSLICE_GROUPS"):
 # Servers are local processes, each holding a GPU slice leased from the service. The quick start
 # runs them as the hub's own user; a shared server running the hub as root uses "gpuslice-local"
 # to run each as the user's own account.
-c.JupyterHub.spawner_class = os.environ.get("GPUSLICE_SPAWNER", "gpuslice-local-simple")
+c.JupyterHub.spawner_class = SPAWNER
 c.Spawner.default_url = "/lab"
 # The server's own token ($JUPYTERHUB_API_TOKEN, which %%submit and `gpuslice jobs` use inside
 # it) may call the service too; JupyterHub's default server scopes do not reach services.

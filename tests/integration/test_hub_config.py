@@ -1,0 +1,31 @@
+"""hub_config.py as JupyterHub reads it: the settings an admin's environment variables make."""
+
+from __future__ import annotations
+
+import pytest
+from traitlets.config.loader import PyFileConfigLoader
+
+from integration.hubprocess import REPO_ROOT
+
+
+def load_hub_config(monkeypatch, tmp_path, **environment: str):
+    monkeypatch.setenv("GPUSLICE_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("GPUSLICE_PASSWORD", "a-long-enough-password")
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    return PyFileConfigLoader("hub_config.py", path=str(REPO_ROOT)).load_config()
+
+
+@pytest.mark.parametrize(
+    ("spawner", "as_owner"), [("gpuslice-local", True), ("gpuslice-local-simple", False)]
+)
+def test_batch_jobs_run_as_the_same_account_as_the_owners_server(monkeypatch, tmp_path, spawner, as_owner):
+    config = load_hub_config(monkeypatch, tmp_path, GPUSLICE_SPAWNER=spawner)
+    assert config.JupyterHub.spawner_class == spawner
+    (service,) = [entry for entry in config.JupyterHub.services if entry["name"] == "gpuslice"]
+    assert ("--LocalExecutor.run_as_owner=True" in service["command"]) is as_owner
+
+
+def test_every_server_token_may_call_the_service_so_that_submit_works_inside_it(monkeypatch, tmp_path):
+    config = load_hub_config(monkeypatch, tmp_path)
+    assert "access:services!service=gpuslice" in config.Spawner.server_token_scopes

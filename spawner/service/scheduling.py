@@ -174,24 +174,32 @@ class BatchScheduler(LoggingConfigurable):
 
     # ----------------------------------------------------------------------------- one pass
 
+    async def _gpu_holdings(
+        self, jobs: JobService
+    ) -> tuple[list[Node], dict[str, Lease], list[JobRecord], list[JobRecord]]:
+        """The nodes, every live lease by id, and the jobs holding GPUs: the running ones and those
+        checkpointing for a preemption (the pass and the interactive reclaim both start here)."""
+        ledger = jobs.ledger
+        nodes, leases, running_records, preempted_records = await asyncio.gather(
+            jobs.call(ledger.nodes),
+            jobs.call(ledger.list_leases),
+            jobs.call(jobs.store.running),
+            jobs.call(jobs.store.list, states=["preempted"]),
+        )
+        return nodes, {lease.id: lease for lease in leases}, running_records, preempted_records
+
     async def schedule_once(self, jobs: JobService, now: float | None = None) -> scheduler.Decision:
         """One whole pass; the caller holds ``jobs.lock``."""
         now = time.time() if now is None else now
         finished = await self.poll_running(jobs)
         await self._load_usage(jobs)
-        ledger = jobs.allocator.ledger
-        nodes, leases, running_records, preempted_records, queued_records = await asyncio.gather(
-            jobs.call(ledger.nodes),
-            jobs.call(ledger.list_leases),
-            jobs.call(jobs.store.running),
-            jobs.call(jobs.store.list, states=["preempted"]),
-            jobs.call(jobs.store.queued),
+        (nodes, by_id, running_records, preempted_records), queued_records = await asyncio.gather(
+            self._gpu_holdings(jobs), jobs.call(jobs.store.queued)
         )
         for record in preempted_records:
             # After a restart (or a failed stop) nobody is finishing this preemption: resume it.
             if record.id not in jobs.preemptions:
                 jobs.resume_preemption(record, self.preemption_grace_seconds)
-        by_id = {lease.id: lease for lease in leases}
         running = self._running_jobs(running_records + preempted_records, by_id)
         stopping = {record.id for record in preempted_records}
         released = await self._release_orphans(
@@ -392,14 +400,7 @@ class BatchScheduler(LoggingConfigurable):
         would not make room, so the slice is refused as usual.
         """
         async with jobs.lock:
-            ledger = jobs.ledger
-            nodes, leases, running_records, preempted_records = await asyncio.gather(
-                jobs.call(ledger.nodes),
-                jobs.call(ledger.list_leases),
-                jobs.call(jobs.store.running),
-                jobs.call(jobs.store.list, states=["preempted"]),
-            )
-            by_id = {lease.id: lease for lease in leases}
+            nodes, by_id, running_records, preempted_records = await self._gpu_holdings(jobs)
             running = self._running_jobs(running_records + preempted_records, by_id)
             stopping = {record.id for record in preempted_records}
             victims = await asyncio.to_thread(

@@ -21,7 +21,12 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 SERVICE_PREFIX = "/services/gpuslice/"
 
-TEST_QUOTAS = """\
+
+def quotas_yaml(groups: str) -> str:
+    """The test quotas with ``groups`` (YAML indented under ``groups:``): every user may hold one
+    GPU's worth of slices, and carol (who holds the dev GPU in job tests) far more."""
+    return (
+        """\
 quotas:
   default_user:
     interactive:
@@ -33,11 +38,19 @@ quotas:
         servers: 50
         milli_gpu: 100000
   groups:
+"""
+        + groups
+    )
+
+
+TEST_QUOTAS = quotas_yaml(
+    """\
     researchers:
       interactive:
         servers: 8
         milli_gpu: 4000
 """
+)
 
 
 def free_port() -> int:

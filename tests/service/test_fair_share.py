@@ -16,21 +16,12 @@ import pytest
 
 from .jobhub import FINAL, get_job, submit, wait_for
 from .schedhub import SLEEPS, cancel, start_sched_hub, wait_until
+from .servicehub import quotas_yaml
 
 pytestmark = pytest.mark.slow
 
-QUOTAS = """\
-quotas:
-  default_user:
-    interactive:
-      servers: 2
-      milli_gpu: 1000
-  users:
-    carol:
-      interactive:
-        servers: 50
-        milli_gpu: 100000
-  groups:
+QUOTAS = quotas_yaml(
+    """\
     researchers:
       batch:
         borrow_gpus: 4
@@ -38,6 +29,7 @@ quotas:
       batch:
         borrow_gpus: 4
 """
+)
 
 WORKS_A_WHILE = """\
 import time

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -25,21 +26,12 @@ from .schedhub import (
     wait_until,
     waiting_reason,
 )
+from .servicehub import quotas_yaml
 
 pytestmark = pytest.mark.slow
 
-QUOTAS = """\
-quotas:
-  default_user:
-    interactive:
-      servers: 2
-      milli_gpu: 1000
-  users:
-    carol:
-      interactive:
-        servers: 50
-        milli_gpu: 100000
-  groups:
+QUOTAS = quotas_yaml(
+    """\
     researchers:
       batch:
         guaranteed_gpus: 1
@@ -47,6 +39,7 @@ quotas:
       batch:
         borrow_gpus: 4
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,23 +60,28 @@ def hub(tmp_path_factory):
     hub.stop()
 
 
-def test_a_group_within_its_guarantee_takes_its_gpu_back_from_a_borrowing_job(hub, tmp_path):
+def preempted_for_a_guarantee(hub, tmp_path, name: str) -> tuple[dict, dict, dict, dict, Path]:
+    """bob's borrowing job, running on the training GPU, preempted by a job of alice's group
+    (within its guarantee) and writing its checkpoint until the returned file exists: the
+    borrower as it ran, as it was preempted, alice's job, and that file."""
     alice, bob = hub.as_user("alice"), hub.as_user("bob")
     hold = tmp_path / "checkpoint-may-finish"
     borrower = submit(
-        bob,
-        hub,
-        CHECKPOINTS.format(checkpoint=str(tmp_path / "ckpt"), hold=str(hold)),
-        name="borrower",
+        bob, hub, CHECKPOINTS.format(checkpoint=str(tmp_path / "ckpt"), hold=str(hold)), name=name
     )
     running = wait_for(bob, hub, borrower["id"], ("running",))
-    assert (running["pool"], running["borrowed"]) == ("train", True)
     wait_for_log(bob, hub, borrower["id"], "training")
-
-    owner = submit(alice, hub, "print('alice ran')\n", name="guaranteed")
+    owner = submit(alice, hub, "print('alice ran')\n", name=f"guaranteed, after {name}")
     preempted = wait_for(bob, hub, borrower["id"], ("preempted",))
-    assert "group researchers needs its guaranteed GPUs back" in preempted["reason"]
     wait_for_log(bob, hub, borrower["id"], "checkpoint")
+    return borrower, running, preempted, owner, hold
+
+
+def test_a_group_within_its_guarantee_takes_its_gpu_back_from_a_borrowing_job(hub, tmp_path):
+    alice, bob = hub.as_user("alice"), hub.as_user("bob")
+    borrower, running, preempted, owner, hold = preempted_for_a_guarantee(hub, tmp_path, "borrower")
+    assert (running["pool"], running["borrowed"]) == ("train", True)
+    assert "group researchers needs its guaranteed GPUs back" in preempted["reason"]
     # While the borrower writes its checkpoint, it keeps its GPU, the API answers, and the
     # guaranteed job waits for it rather than for anyone else.
     waiting = waiting_reason(alice, hub, owner["id"], "borrowed job(s) to stop")
@@ -193,18 +191,7 @@ def test_a_slice_that_stopping_batch_jobs_would_not_help_is_refused_as_before(hu
 
 def test_cancelling_a_job_while_it_checkpoints_cancels_it_once_its_process_is_gone(hub, tmp_path):
     alice, bob = hub.as_user("alice"), hub.as_user("bob")
-    hold = tmp_path / "checkpoint-may-finish"
-    borrower = submit(
-        bob,
-        hub,
-        CHECKPOINTS.format(checkpoint=str(tmp_path / "ckpt"), hold=str(hold)),
-        name="cancelled while checkpointing",
-    )
-    wait_for(bob, hub, borrower["id"], ("running",))
-    wait_for_log(bob, hub, borrower["id"], "training")
-    owner = submit(alice, hub, "print('alice ran')\n", name="guaranteed again")
-    wait_for(bob, hub, borrower["id"], ("preempted",))
-    wait_for_log(bob, hub, borrower["id"], "checkpoint")
+    borrower, _, _, owner, hold = preempted_for_a_guarantee(hub, tmp_path, "cancelled while checkpointing")
 
     # The cancel waits for the checkpoint the job is writing, then ends the job for good.
     with ThreadPoolExecutor(1) as pool:

@@ -86,13 +86,25 @@ def service_inventory_args() -> list[str]:
     args = [f"--Inventory.source={os.environ.get('GPUSLICE_INVENTORY', 'auto')}"]
     if os.environ.get("GPUSLICE_SIMULATED_GPUS"):
         args.append(f"--Inventory.simulated_gpu_count={int(os.environ['GPUSLICE_SIMULATED_GPUS'])}")
-    if os.environ.get("GPUSLICE_TRAIN_GPUS"):
-        # GPU indices of this host reserved for the training queue, e.g. "4,5,6,7"
-        indices = [int(index) for index in os.environ["GPUSLICE_TRAIN_GPUS"].split(",") if index.strip()]
+    train_gpus = os.environ.get("GPUSLICE_TRAIN_GPUS", "").strip()
+    if train_gpus.lower() == "none":
+        # every GPU sliced for notebooks; batch jobs borrow them while they are idle
+        args.append("--Inventory.train_share=0")
+    elif train_gpus:
+        # GPU indices of this host reserved for the training queue, e.g. "4,5,6,7"; unset, the
+        # last half of the host's GPUs train (Inventory.train_share)
+        indices = [int(index) for index in train_gpus.split(",") if index.strip()]
         args.append(f"--Inventory.train_gpu_indices={indices}")
     if os.environ.get("GPUSLICE_GPUS_FILE"):
         args.append(f"--Inventory.static_path={os.environ['GPUSLICE_GPUS_FILE']}")
     return args
+
+
+def service_config_args() -> list[str]:
+    """Everything else of the service (grace periods, the scheduler's interval, the placement
+    policy) from a Python config file of c.JobService.*, c.BatchScheduler.*, ..., if given."""
+    config_file = os.environ.get("GPUSLICE_SERVICE_CONFIG", "")
+    return [f"--config={Path(config_file).resolve()}"] if config_file else []
 
 
 # The companion service: the one owner of every GPU lease, started and stopped with the hub.
@@ -110,6 +122,7 @@ c.JupyterHub.services = [
             f"--pid-file={STATE_DIR / 'gpuslice.pid'}",
             *service_inventory_args(),
             *service_executor_args(),
+            *service_config_args(),
         ],
         "cwd": str(HERE),
         "environment": {"GPUSLICE_STATE_DIR": str(STATE_DIR)},

@@ -4,7 +4,7 @@ Every source answers with ``list[spawner.core.units.Node]``; :class:`Inventory` 
 from configuration. Nothing here allocates: the allocator in ``spawner/service`` owns the GPUs.
 """
 
-from .base import POOL_LABEL, SOURCE_LABEL, InventoryConfigError, PoolRule, parse_pools
+from .base import POOL_LABEL, SOURCE_LABEL, InventoryConfigError, PoolRule, describe_pools, parse_pools
 from .gpu_names import normalise_model
 from .inventory import Inventory
 from .kube import nodes_from_kube, parse_quantity
@@ -20,6 +20,7 @@ __all__ = [
     "POOL_LABEL",
     "PoolRule",
     "SOURCE_LABEL",
+    "describe_pools",
     "load_static",
     "nodes_from_kube",
     "normalise_model",

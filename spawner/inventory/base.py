@@ -8,10 +8,11 @@ pool or say where a node came from.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from spawner.core.units import DEFAULT_POOLS
+from spawner.core.units import DEFAULT_POOLS, Node
 
 from .yaml_problems import ConfigFileError
 
@@ -57,13 +58,40 @@ def parse_pools(value: str | Iterable[str]) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class PoolRule:
-    """Which pools discovered GPUs join: a per-GPU choice (by uuid or index) first, then the default.
+    """Which pools discovered GPUs join: a per-GPU choice (by uuid or index) first, then the
+    host's split between development and training, then the default.
 
     NVML and simulated GPUs carry no pool of their own, so the admin's configuration decides.
+    ``train_share`` is the split a host gets when the admin named no GPU: the last
+    ``floor(count * train_share)`` GPUs of the host (by index) train, the others are the default's.
+    A host with one GPU keeps it for development, where batch jobs may still borrow it while idle.
     """
 
     default: frozenset[str] = DEFAULT_POOLS
     by_gpu: Mapping[str, frozenset[str]] = field(default_factory=dict, hash=False)
+    train_share: float = 0.0
 
-    def pools_for(self, index: int, uuid: str) -> frozenset[str]:
-        return self.by_gpu.get(uuid) or self.by_gpu.get(str(index)) or self.default
+    def pools_for(self, index: int, uuid: str, position: int = 0, count: int = 1) -> frozenset[str]:
+        """The pools of the GPU at ``position`` (0-based, in index order) of the host's ``count``."""
+        chosen = self.by_gpu.get(uuid) or self.by_gpu.get(str(index))
+        if chosen:
+            return chosen
+        if position >= count - math.floor(count * self.train_share + 1e-9):
+            return frozenset({"train"})
+        return self.default
+
+
+def describe_pools(nodes: Iterable[Node]) -> str:
+    """Which GPU is in which pool, for the start-up log: ``dev: a:0, a:1; train: a:2, a:3``.
+
+    An admin reading the log of a fresh install learns there which cards notebooks slice and
+    which the training queue runs on, without opening the admin page.
+    """
+    members: dict[str, list[str]] = {}
+    for node in nodes:
+        for gpu in node.gpus:
+            for pool in sorted(gpu.pools):
+                members.setdefault(pool, []).append(f"{node.name}:{gpu.index}")
+    if not members:
+        return "no GPU"
+    return "; ".join(f"{pool}: {', '.join(names)}" for pool, names in sorted(members.items()))

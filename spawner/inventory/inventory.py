@@ -9,7 +9,19 @@ from __future__ import annotations
 
 import asyncio
 
-from traitlets import CaselessStrEnum, Dict, Int, List, TraitError, Unicode, Union, validate
+from traitlets import (
+    Bool,
+    CaselessStrEnum,
+    Dict,
+    Float,
+    Int,
+    List,
+    TraitError,
+    Unicode,
+    Union,
+    observe,
+    validate,
+)
 from traitlets.config import Configurable
 
 from spawner.core.units import Node
@@ -55,7 +67,8 @@ class Inventory(Configurable):
         default_value=["dev"],
         help="""
         Pools that GPUs found by NVML (or simulated) join unless `train_gpu_indices` or
-        `gpu_pools` say otherwise: any of "dev", "train", or ["dev", "train"] for both.
+        `gpu_pools` say otherwise: any of "dev", "train", or ["dev", "train"] for both. Left
+        unset, with no GPU named in the other two, each host is split by `train_share`.
         """,
     ).tag(config=True)
 
@@ -64,6 +77,23 @@ class Inventory(Configurable):
         help="""
         Indices of this host's GPUs reserved for training (pool "train"), e.g. [4, 5, 6, 7]
         to slice GPUs 0-3 for notebooks and queue batch jobs on the rest.
+        """,
+    ).tag(config=True)
+
+    train_share = Float(
+        0.5,
+        min=0.0,
+        max=1.0,
+        help="""
+        Share of each host's GPUs that join the training pool when the admin names none
+        (`train_gpu_indices`, `gpu_pools` and `default_pools` all left unset): the last
+        floor(count * train_share) GPUs by index train, the others are sliced for notebooks.
+
+        The default, one half, is the split of the published case study this product is measured
+        against (32 cards: 16 sliced for developers, 16 for the training queue), so that a fresh
+        install shows both halves of the product: 4 GPUs give 2 dev + 2 train, 8 give 4 + 4, and
+        1 GPU stays dev (batch jobs still borrow it while it is idle). 0 keeps every GPU in
+        `default_pools`.
         """,
     ).tag(config=True)
 
@@ -97,6 +127,12 @@ class Inventory(Configurable):
         help="Memory of each simulated demo GPU, in MiB.",
     ).tag(config=True)
 
+    _default_pools_chosen = Bool(False)  # set once an admin gives default_pools, even to its default
+
+    @observe("default_pools")
+    def _note_default_pools_chosen(self, change) -> None:
+        self._default_pools_chosen = True
+
     @validate("default_pools")
     def _valid_default_pools(self, proposal):
         try:
@@ -116,10 +152,16 @@ class Inventory(Configurable):
 
     @property
     def pool_rule(self) -> PoolRule:
-        """The pools of discovered GPUs as configured: per-GPU choices, then the default."""
+        """The pools of discovered GPUs as configured: per-GPU choices, then the default; the
+        host's split by ``train_share`` only where the admin chose no pool at all."""
         by_gpu = {str(index): frozenset({"train"}) for index in self.train_gpu_indices}
         by_gpu.update({gpu: parse_pools(pools) for gpu, pools in self.gpu_pools.items()})
-        return PoolRule(default=parse_pools(self.default_pools), by_gpu=by_gpu)
+        chosen = by_gpu or self._default_pools_chosen
+        return PoolRule(
+            default=parse_pools(self.default_pools),
+            by_gpu=by_gpu,
+            train_share=0.0 if chosen else self.train_share,
+        )
 
     def discover(self) -> list[Node]:
         """The nodes and GPUs from the configured source; blocks on NVML and file reads.

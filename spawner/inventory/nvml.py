@@ -90,10 +90,10 @@ def discover(
             index=device.index,
             model=device.model,
             memory_mib=device.memory_mib,
-            pools=rule.pools_for(device.index, device.uuid),
+            pools=rule.pools_for(device.index, device.uuid, position, len(devices)),
             mig_capable=device.mig_capable,
         )
-        for device in devices
+        for position, device in enumerate(devices)  # read_devices gives NVML index order
     )
     node = Node(
         name=name,

@@ -42,7 +42,7 @@ def simulated_nodes(
                 index=index,
                 model=model,
                 memory_mib=memory_mib,
-                pools=rule.pools_for(index, uuid),
+                pools=rule.pools_for(index, uuid, index, count),
                 simulated=True,
             )
         )

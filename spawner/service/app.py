@@ -23,7 +23,7 @@ from traitlets.config import Application
 
 from spawner.core.placement import POLICIES
 from spawner.hub.profiles import ProfileConfigError, load_profiles
-from spawner.inventory import Inventory, InventoryConfigError
+from spawner.inventory import Inventory, InventoryConfigError, describe_pools
 from spawner.ledger import Ledger
 from spawner.ledger.jobs import JobStore
 
@@ -187,6 +187,7 @@ class GPUSliceService(Application):
         synced = await asyncio.to_thread(ledger.sync_inventory, nodes)
         gpus = sum(len(node.gpus) for node in nodes)
         self.log.info("inventory: %d GPUs on %d nodes (%d new)", gpus, len(nodes), len(synced.added))
+        self.log.info("GPU pools: %s", describe_pools(nodes))
         profiles = await asyncio.to_thread(load_profiles, self.profiles_dir)
         self.log.info("profiles: %d from %s", len(profiles), self.profiles_dir)
         return Allocator(ledger, profiles, self.users, self.placement_policy, self.reserve_cpu_and_memory)

@@ -41,10 +41,15 @@ def profiles_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def shipped_hub(tmp_path_factory):
-    """profiles/ as shipped, on two simulated A100s; alice and bob are researchers."""
+    """profiles/ as shipped, on two simulated A100s, both sliced for notebooks; alice and bob are
+    researchers."""
     process = start_hub(
         tmp_path_factory.mktemp("shipped-hub"),
-        {"GPUSLICE_SIMULATED_GPUS": "2", "GPUSLICE_GROUPS": "researchers=alice,bob"},
+        {
+            "GPUSLICE_SIMULATED_GPUS": "2",
+            "GPUSLICE_TRAIN_GPUS": "none",
+            "GPUSLICE_GROUPS": "researchers=alice,bob",
+        },
     )
     yield process
     process.stop()

@@ -29,3 +29,24 @@ def test_batch_jobs_run_as_the_same_account_as_the_owners_server(monkeypatch, tm
 def test_every_server_token_may_call_the_service_so_that_submit_works_inside_it(monkeypatch, tmp_path):
     config = load_hub_config(monkeypatch, tmp_path)
     assert "access:services!service=gpuslice" in config.Spawner.server_token_scopes
+
+
+def service_command(config) -> list[str]:
+    (service,) = [entry for entry in config.JupyterHub.services if entry["name"] == "gpuslice"]
+    return service["command"]
+
+
+def test_by_default_the_inventory_splits_each_host_and_an_admin_can_say_otherwise(monkeypatch, tmp_path):
+    command = service_command(load_hub_config(monkeypatch, tmp_path))
+    assert not [arg for arg in command if arg.startswith(("--Inventory.train", "--config"))]
+    command = service_command(load_hub_config(monkeypatch, tmp_path, GPUSLICE_TRAIN_GPUS="4,5, 6"))
+    assert "--Inventory.train_gpu_indices=[4, 5, 6]" in command
+    command = service_command(load_hub_config(monkeypatch, tmp_path, GPUSLICE_TRAIN_GPUS="none"))
+    assert "--Inventory.train_share=0" in command
+
+
+def test_a_service_config_file_reaches_the_service(monkeypatch, tmp_path):
+    (tmp_path / "service.py").write_text("c.JobService.cancel_grace_seconds = 20\n")
+    monkeypatch.chdir(tmp_path)
+    command = service_command(load_hub_config(monkeypatch, tmp_path, GPUSLICE_SERVICE_CONFIG="service.py"))
+    assert f"--config={tmp_path / 'service.py'}" in command

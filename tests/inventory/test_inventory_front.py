@@ -11,7 +11,7 @@ import pytest
 from traitlets import TraitError
 from traitlets.config import Config
 
-from spawner.inventory import SOURCE_LABEL, Inventory, InventoryConfigError
+from spawner.inventory import SOURCE_LABEL, Inventory, InventoryConfigError, describe_pools
 
 STATIC = textwrap.dedent("""\
     nodes:
@@ -169,3 +169,50 @@ def test_discover_async_gives_the_same_nodes(fixed_host):
     inventory = Inventory(source="simulated", simulated_gpu_count=3)
 
     assert asyncio.run(inventory.discover_async()) == inventory.discover()
+
+
+DEV, TRAIN = frozenset({"dev"}), frozenset({"train"})
+
+
+@pytest.mark.parametrize(
+    ("count", "pools"),
+    [
+        (1, [DEV]),  # one GPU stays for notebooks; batch jobs borrow it while it is idle
+        (2, [DEV, TRAIN]),
+        (4, [DEV, DEV, TRAIN, TRAIN]),
+        (5, [DEV, DEV, DEV, TRAIN, TRAIN]),
+        (8, [DEV] * 4 + [TRAIN] * 4),
+    ],
+)
+def test_unconfigured_hosts_split_half_dev_half_train_as_the_case_study_does(fixed_host, count, pools):
+    [node] = Inventory(source="simulated", simulated_gpu_count=count).discover()
+
+    assert [gpu.pools for gpu in node.gpus] == pools
+
+
+def test_real_gpus_split_the_same_way_by_the_configured_share(install_nvml, devices, fixed_host):
+    install_nvml(devices)
+
+    [node] = Inventory(source="nvml").discover()
+    assert [(gpu.index, gpu.pools) for gpu in node.gpus] == [(0, DEV), (1, TRAIN)]
+    [node] = Inventory(source="nvml", train_share=0).discover()
+    assert [gpu.pools for gpu in node.gpus] == [DEV, DEV]
+
+
+@pytest.mark.parametrize(
+    "choice",
+    [{"train_gpu_indices": [3]}, {"gpu_pools": {"0": "both"}}, {"default_pools": ["dev"]}],
+)
+def test_any_pool_the_admin_chose_turns_the_split_off(fixed_host, choice):
+    inventory = Inventory(source="simulated", **choice)
+
+    pools = [gpu.pools for gpu in inventory.discover()[0].gpus]
+    assert pools.count(TRAIN) == (1 if "train_gpu_indices" in choice else 0)
+    assert [gpu.pools for gpu in inventory.discover()[0].gpus] == pools  # and it stays off
+
+
+def test_the_start_up_log_line_says_which_gpu_is_in_which_pool(fixed_host):
+    nodes = Inventory(source="simulated", node_name="lab").discover()
+
+    assert describe_pools(nodes) == "dev: lab:0, lab:1; train: lab:2, lab:3"
+    assert describe_pools([]) == "no GPU"

@@ -63,6 +63,8 @@ c.JupyterHub.services = [
             "--Inventory.source=simulated",
             "--Inventory.simulated_gpu_count=2",
             "--Inventory.node_name=sim-node",
+            # Both GPUs dev unless a test names its training GPUs (Inventory.train_gpu_indices).
+            "--Inventory.train_share=0",
             # The API tests hold leases for servers that never run: only the reconciliation
             # tests let the reconciler release them (they set a short grace).
             *env.get("GPUSLICE_TEST_SERVICE_ARGS", "--LeaseReconciler.grace_seconds=3600").split(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -121,6 +122,72 @@ class Hub:
         return self
 
 
+class Jobs:
+    """The gpuslice jobs API as bob, with a token the hub admin makes for him."""
+
+    def __init__(self, hub: Hub, user: str):
+        assert hub.api("POST", "users", json={"usernames": [user]}).status_code in (201, 409)
+        token = hub.api("POST", f"users/{user}/tokens", json={"note": "reclaim test"}).json()["token"]
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"token {token}"
+        self.base = f"{hub.url}/services/gpuslice/api/v1/"
+        self.hub = hub
+
+    def submit(self, name: str, script: str) -> dict:
+        body = {"name": name, "script": script, "gpus": 1, "time_limit": "10m"}
+        response = self.session.post(self.base + "jobs", json=body, timeout=30)
+        assert response.status_code == 201, response.text
+        return response.json()["job"]
+
+    def get(self, job_id: str) -> dict:
+        return self.session.get(self.base + f"jobs/{job_id}", timeout=30).json()
+
+    def log(self, job_id: str) -> str:
+        text, offset = "", 0
+        while True:
+            answer = self.session.get(self.base + f"jobs/{job_id}/logs?offset={offset}", timeout=30).json()
+            if answer["next_offset"] == offset:
+                return text
+            text, offset = text + answer["data"], answer["next_offset"]
+
+    def wait_for(self, job_id: str, states: tuple[str, ...], timeout: float = 90) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.get(job_id)["job"]
+            if job["state"] in states:
+                return job
+            time.sleep(0.3)
+        pytest.fail(f"job {job_id} never reached {states}: {self.get(job_id)}\n{self.hub.process.log()}")
+
+    def wait_placed(self, job_id: str, timeout: float = 30) -> dict:
+        """The queued job once a scheduling pass has given it a place and a reason."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.get(job_id)["job"]
+            if job["state"] == "queued" and job["queue_position"] is not None:
+                return job
+            time.sleep(0.3)
+        pytest.fail(f"job {job_id} was never placed in the queue: {self.get(job_id)}")
+
+    def cancel(self, job_id: str) -> None:
+        self.session.post(self.base + f"jobs/{job_id}/cancel", timeout=60)
+
+
+def progress_messages(hub: Hub, user: str, timeout: float = 150) -> list[dict]:
+    """Every event of the user's pending spawn, as the spawn page reads them, until it ends."""
+    url = f"http://127.0.0.1:{hub.process.env['GPUSLICE_HUB_PORT']}/hub/api/users/{user}/server/progress"
+    events = []
+    with requests.get(url, headers=hub.headers, stream=True, timeout=timeout) as response:
+        assert response.status_code == 200, response.text
+        for line in response.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                event = json.loads(line[len("data:") :])
+                events.append(event)
+                if event.get("ready") or event.get("failed"):
+                    break
+    return events
+
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     state = tmp_path_factory.mktemp("gpuslice-hub")
@@ -130,6 +197,7 @@ def hub(tmp_path_factory):
         "GPUSLICE_PROFILES_DIR": str(profiles),
         "GPUSLICE_INVENTORY": "simulated",
         "GPUSLICE_SIMULATED_GPUS": str(SIMULATED_GPUS),
+        "GPUSLICE_TRAIN_GPUS": "none",  # both GPUs sliced for notebooks: these tests count slices
         "GPUSLICE_GROUPS": "researchers=alice,bob",
         "GPUSLICE_ADMIN_USERS": ADMIN,
         "GPUSLICE_ADMIN_PASSWORD": ADMIN_PASSWORD,

@@ -109,6 +109,7 @@ class Preempt:
 class Waiting:
     job_id: str
     position: int
+    """0-based place among the jobs this pass left waiting: no two share one, and none is skipped."""
     reason: str
 
 
@@ -125,6 +126,8 @@ class Reservation:
 @dataclass
 class Decision:
     starts: list[Start] = field(default_factory=list)
+    order: list[str] = field(default_factory=list)
+    """Every queued job's id in the order the pass considered them (priority, then fair share)."""
     preemptions: list[Preempt] = field(default_factory=list)
     waiting: dict[str, Waiting] = field(default_factory=dict)
     reservation: Reservation | None = None
@@ -199,49 +202,56 @@ def schedule(
     preempting: set[str] = set()
     decision = Decision()
     ordered = fair_order(queue, usage, shares)
-    # Jobs ahead with a higher priority: the queue is sorted by priority first, so it is the
-    # number of jobs of higher levels, whatever the position inside a level.
-    per_level = defaultdict(int)
-    for queued in ordered:
-        per_level[queued.priority] += 1
-    higher_than = {level: sum(n for other, n in per_level.items() if other > level) for level in Priority}
+    decision.order = [job.id for job in ordered]
+    # Jobs left waiting so far, per priority level: the queue is sorted by priority first, so the
+    # jobs of higher levels ahead of a job are all the waiting ones of those levels.
+    waiting_per_level: dict[Priority, int] = defaultdict(int)
     borrowed_on = _borrowed_by_node(running, stopping)
     # Shapes that found no room since the last start: the cluster has not changed for them, so a
     # queue of thousands costs one placement attempt per shape, not per job.
     no_room: set[tuple] = set()
-    for position, job in enumerate(ordered):
+    for job in ordered:
         share = shares.get(job.group, GroupShare())
         guaranteed_held, borrowed_held = held_by_group[job.group]
         within_guarantee = guaranteed_held + job.gpus <= share.guaranteed_gpus
-        if not within_guarantee and share.borrow_limit_gpus is not None:
-            if guaranteed_held + borrowed_held + job.gpus > share.guaranteed_gpus + share.borrow_limit_gpus:
-                decision.waiting[job.id] = Waiting(
-                    job.id,
-                    position,
-                    f"group {job.group} holds {guaranteed_held + borrowed_held} GPUs, its guarantee of "
-                    f"{share.guaranteed_gpus} plus {share.borrow_limit_gpus} it may borrow; "
-                    f"this job needs {job.gpus} more",
-                )
-                continue
-        shape = (job.gpus, job.gpu_models, job.cpu_milli, job.memory_mib, not within_guarantee, job.priority)
-        placement, pool = (
-            (None, TRAIN_POOL)
-            if shape in no_room
-            else _place(cluster, policy, job, preemptible=not within_guarantee)
+        may_borrow = share.borrow_limit_gpus is None or (
+            guaranteed_held + borrowed_held + job.gpus <= share.guaranteed_gpus + share.borrow_limit_gpus
         )
-        blocked_by_reservation = False
-        if placement is None:
-            no_room.add(shape)
-        elif not _backfill_allows(decision.reservation, placement, job, now):
-            placement = None
-            blocked_by_reservation = True
+        if not within_guarantee and not may_borrow:
+            waiting_per_level[job.priority] += 1
+            decision.waiting[job.id] = Waiting(
+                job.id,
+                len(decision.waiting),
+                f"group {job.group} holds {guaranteed_held + borrowed_held} GPUs, its guarantee of "
+                f"{share.guaranteed_gpus} plus {share.borrow_limit_gpus} it may borrow; "
+                f"this job needs {job.gpus} more",
+            )
+            continue
+        shape = (job.gpus, job.gpu_models, job.cpu_milli, job.memory_mib, job.priority)
+        shape += (within_guarantee, may_borrow)
+        placement, pool, blocked_by_reservation, victims = None, TRAIN_POOL, False, []
+        if shape not in no_room:
+            placement = policy.place(cluster, job.request(TRAIN_POOL))
+            if placement is not None and not _backfill_allows(decision.reservation, placement, job, now):
+                placement, blocked_by_reservation = None, True
+            if placement is None and (not within_guarantee or job.priority == Priority.low):
+                placement, pool = _place_on_dev(cluster, policy, job)
+        if placement is None and within_guarantee:
+            # A job inside its guarantee takes training GPUs back from other groups' borrowers
+            # first; only when that cannot make room does it borrow idle dev GPUs itself.
+            victims = _preemption_plan(cluster, job, borrowed_on, preempting, stopping)
+            if not victims and may_borrow and shape not in no_room and job.priority != Priority.low:
+                placement, pool = _place_on_dev(cluster, policy, job)
         if placement is not None:
             no_room.clear()
             cluster.allocate(placement)
-            held_by_group[job.group][0 if within_guarantee else 1] += job.gpus
-            decision.starts.append(Start(job, placement, borrowed=not within_guarantee, pool=pool))
-            if decision.reservation and placement.node == decision.reservation.node:
-                reservation = decision.reservation
+            # Dev GPUs are only ever lent: a job on them is borrowed (preemptible) work, counted
+            # against its group's borrowing limit, whatever its guarantee.
+            borrowed = not within_guarantee or pool == DEV_POOL
+            held_by_group[job.group][1 if borrowed else 0] += job.gpus
+            decision.starts.append(Start(job, placement, borrowed=borrowed, pool=pool))
+            reservation = decision.reservation
+            if reservation and pool == TRAIN_POOL and placement.node == reservation.node:
                 decision.reservation = Reservation(
                     reservation.job_id,
                     reservation.node,
@@ -249,9 +259,11 @@ def schedule(
                     reservation.spare_gpus - job.gpus,
                 )
             continue
-        reason = _waiting_reason(
-            cluster, job, higher_than[job.priority], position - higher_than[job.priority]
-        )
+        if not blocked_by_reservation:
+            no_room.add(shape)
+        higher = sum(count for level, count in waiting_per_level.items() if level > job.priority)
+        reason = _waiting_reason(cluster, job, higher, waiting_per_level[job.priority], may_borrow)
+        waiting_per_level[job.priority] += 1
         if blocked_by_reservation:
             reservation = decision.reservation
             reason = (
@@ -259,36 +271,29 @@ def schedule(
                 f"delay job {reservation.job_id}, first in the queue, which has node {reservation.node} "
                 f"reserved in {describe_duration(reservation.start_by - now)}; " + reason
             )
-        if within_guarantee:
-            victims = _preemption_plan(cluster, job, borrowed_on, preempting, stopping)
-            if victims:
-                for victim in victims:
-                    preempting.add(victim.job.id)
-                    if victim.job.id in stopping:
-                        continue  # its stop signal went out in an earlier pass
-                    decision.preemptions.append(
-                        Preempt(
-                            victim.job.id,
-                            f"group {job.group} needs its guaranteed GPUs back for job {job.id}; "
-                            f"this job ran on {victim.job.gpus} borrowed GPUs",
-                        )
+        if victims:
+            for victim in victims:
+                preempting.add(victim.job.id)
+                if victim.job.id in stopping:
+                    continue  # its stop signal went out in an earlier pass
+                decision.preemptions.append(
+                    Preempt(
+                        victim.job.id,
+                        f"group {job.group} needs its guaranteed GPUs back for job {job.id}; "
+                        f"this job ran on {victim.job.gpus} borrowed GPUs",
                     )
-                reason = f"waiting for {len(victims)} borrowed job(s) to stop; " + reason
+                )
+            reason = f"waiting for {len(victims)} borrowed job(s) to stop; " + reason
         if decision.reservation is None:
             decision.reservation = _reserve(cluster, job, running, now)
-        decision.waiting[job.id] = Waiting(job.id, position, reason)
+        decision.waiting[job.id] = Waiting(job.id, len(decision.waiting), reason)
     return decision
 
 
-def _place(cluster: ClusterState, policy, job: BatchJob, preemptible: bool) -> tuple[Placement | None, str]:
-    placement = policy.place(cluster, job.request(TRAIN_POOL))
-    if placement is not None:
-        return placement, TRAIN_POOL
-    if preemptible or job.priority == Priority.low:
-        placement = policy.place(cluster, job.request(DEV_POOL))
-        if placement is not None:
-            return placement, DEV_POOL
-    return None, TRAIN_POOL
+def _place_on_dev(cluster: ClusterState, policy, job: BatchJob) -> tuple[Placement | None, str]:
+    """Idle dev GPUs for ``job``, lent until a developer asks for a slice on them."""
+    placement = policy.place(cluster, job.request(DEV_POOL))
+    return placement, (DEV_POOL if placement is not None else TRAIN_POOL)
 
 
 def _backfill_allows(
@@ -395,11 +400,47 @@ def describe_duration(seconds: float) -> str:
     return "".join(parts) or "0s"
 
 
-def _waiting_reason(cluster: ClusterState, job: BatchJob, higher: int, same: int) -> str:
+def largest_gang(nodes: Iterable[Node], gpu_models: Collection[str], pool: str) -> int:
+    """The most GPUs (of ``gpu_models``, if given) that one node has in ``pool``: the biggest job
+    that pool could ever hold, since a job's GPUs are never split across nodes."""
+    return max(
+        (
+            sum(1 for gpu in node.gpus if pool in gpu.pools and (not gpu_models or gpu.model in gpu_models))
+            for node in nodes
+        ),
+        default=0,
+    )
+
+
+def only_on_dev(nodes: Iterable[Node], gpus: int, gpu_models: Collection[str]) -> bool:
+    """Whether a job of ``gpus`` GPUs fits no training node but fits a dev node, where it can run
+    only as borrowed work, stopped when developers need the GPUs back."""
+    nodes = list(nodes)
+    return largest_gang(nodes, gpu_models, TRAIN_POOL) < gpus <= largest_gang(nodes, gpu_models, DEV_POOL)
+
+
+ON_BORROWED_DEV_GPUS = (
+    "no training node has {what}, so it runs on idle dev GPUs, borrowed: it may be stopped "
+    "(SIGTERM, then a grace period to checkpoint) and queued again when developers need them"
+)
+
+
+def _waiting_reason(
+    cluster: ClusterState, job: BatchJob, higher: int, same: int, may_borrow: bool = True
+) -> str:
     models = "/".join(sorted(job.gpu_models)) + " " if job.gpu_models else ""
     what = f"{job.gpus} {models}GPU{'s' if job.gpus != 1 else ''} on one node"
+    train_capacity = int(cluster.eligible(job.gpu_models, TRAIN_POOL).sum(axis=1).max(initial=0))
+    dev_capacity = int(cluster.eligible(job.gpu_models, DEV_POOL).sum(axis=1).max(initial=0))
     parts = [f"waiting for {what}"]
-    if job.gpus > 1:
+    if train_capacity < job.gpus <= dev_capacity:
+        parts = [
+            ON_BORROWED_DEV_GPUS.format(what=what.removesuffix(" on one node")),
+            f"waiting for {what} of the dev pool to be idle",
+        ]
+        if not may_borrow:
+            parts.append(f"group {job.group} may borrow no more GPUs now")
+    elif job.gpus > 1:
         eligible = cluster.eligible(job.gpu_models, TRAIN_POOL)
         free_per_node = (eligible & (cluster.milli_free == 1000)).sum(axis=1)
         if free_per_node.sum() >= job.gpus and free_per_node.max(initial=0) < job.gpus:
@@ -411,8 +452,8 @@ def _waiting_reason(cluster: ClusterState, job: BatchJob, higher: int, same: int
         parts.append(f"{higher} job{'s' if higher != 1 else ''} of higher priority ahead")
     if same:
         parts.append(f"{same} job{'s' if same != 1 else ''} of the same priority ahead")
-    if not cluster.eligible(job.gpu_models, TRAIN_POOL).sum(axis=1).max(initial=0) >= job.gpus:
-        parts = [f"no training node has {what.removesuffix(' on one node')}; the job can never start"]
+    if max(train_capacity, dev_capacity) < job.gpus:
+        parts = [f"no node of any pool has {what.removesuffix(' on one node')}; the job can never start"]
     return "; ".join(parts)
 
 
@@ -466,11 +507,6 @@ def reclaim_for_interactive(
         if fits_without(trial):
             chosen = trial
     return chosen
-
-
-def gpu_hours(running: RunningJob, now: float) -> float:
-    """GPU-hours a running job has used so far."""
-    return running.job.gpus * max(0.0, now - running.started_at) / 3600
 
 
 def expected_gpu_hours(job: BatchJob) -> float:

@@ -40,13 +40,20 @@ def test_strict_priority_between_levels():
     decision = schedule(
         nodes,
         [],
-        [job("low", at=0, priority=Priority.low), job("high", at=5, priority=Priority.high)],
+        [
+            job("low", at=0, priority=Priority.low),
+            job("high", at=5, priority=Priority.high),
+            job("high2", at=6, priority=Priority.high),
+        ],
         {},
         {},
         now=10,
     )
     assert [start.job.id for start in decision.starts] == ["high"]
+    # Positions count the jobs still waiting: the one that started is no longer ahead of anyone.
+    assert [decision.waiting[name].position for name in ("high2", "low")] == [0, 1]
     assert "1 job of higher priority ahead" in decision.waiting["low"].reason
+    assert "ahead" not in decision.waiting["high2"].reason
 
 
 def test_fair_share_prefers_the_group_that_used_less_per_guaranteed_gpu():

@@ -95,6 +95,8 @@ def slice_environment(
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         "GPUSLICE_LEASE_ID": lease["id"],
         "GPUSLICE_PROFILE": profile,
+        # The share, summed over the GPUs (125: 1/8 of one; 2000: two whole), and how many GPUs
+        # the server sees: 1 for a slice of one GPU, as torch.cuda.device_count() will say.
         "GPUSLICE_MILLI_GPU": str(milli),
         "GPUSLICE_GPUS": str(len(uuids)),
         "GPUSLICE_GPU_MEMORY_MIB": str(memory_mib),

@@ -9,8 +9,11 @@ restart finds the queue and the running jobs as they were.
 A job moves only along these edges; any other transition raises :class:`JobStateError`::
 
     queued -> running -> succeeded | failed | cancelled
-              running -> preempted -> queued
+              running -> preempted -> queued | cancelled
     queued -> cancelled | failed            (failed: it can never start)
+
+A job cancelled while running or checkpointing is ``cancelled`` at once; its lease is given back
+once its process is gone (``spawner.service.jobs``), so its GPUs are never lent twice.
 
 Each transition, and the submission itself (from no state to ``queued``), is one row of
 ``job_events`` with its time and reason.
@@ -52,7 +55,7 @@ LEGAL_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     JobState.running: frozenset(
         {JobState.succeeded, JobState.failed, JobState.cancelled, JobState.preempted}
     ),
-    JobState.preempted: frozenset({JobState.queued}),
+    JobState.preempted: frozenset({JobState.queued, JobState.cancelled}),
     JobState.succeeded: frozenset(),
     JobState.failed: frozenset(),
     JobState.cancelled: frozenset(),

@@ -114,7 +114,11 @@ def job_line(job: dict[str, Any], last_log_line: str = "", now: float | None = N
     parts = [f"{job['id']}", state]
     if state == "queued":
         if job.get("queue_position") is not None:
-            parts.append(f"position {job['queue_position']}")
+            ahead = job.get("jobs_ahead")
+            # position: among your own jobs; jobs ahead: everyone's, in the whole queue
+            parts.append(
+                f"position {job['queue_position']}" + (f" ({ahead} jobs ahead in the queue)" if ahead else "")
+            )
         if job.get("waiting_reason"):
             parts.append(job["waiting_reason"])
     elif state == "running" and job.get("started_at"):

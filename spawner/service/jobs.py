@@ -23,8 +23,8 @@ from traitlets import Float, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from spawner.core import quota
-from spawner.core.scheduler import TRAIN_POOL, Waiting
-from spawner.core.units import Lease, Node
+from spawner.core.scheduler import DEV_POOL, TRAIN_POOL, largest_gang
+from spawner.core.units import Lease
 from spawner.ledger.jobs import JobRecord, JobSpec, JobStore
 from spawner.ledger.store import Ledger
 
@@ -45,6 +45,7 @@ from .payload import (
     load_or_create_master_key,
     write_signed_payload,
 )
+from .queue_view import QueueSnapshot
 
 Result = TypeVar("Result")
 
@@ -54,8 +55,9 @@ SCRIPT_NAME = "script.py"
 
 
 @dataclass
-class Preemption:
-    """A preemption under way: the job has its stop signal, and its process is not gone yet."""
+class Stopping:
+    """A stop under way (a preemption or a cancel): the job has its stop signal, and its process
+    is not gone yet, so it still holds its GPUs."""
 
     job_id: str
     started: float
@@ -76,21 +78,6 @@ def run_id(record: JobRecord, attempt: int | None = None) -> str | None:
     """
     attempt = record.attempts if attempt is None else attempt
     return f"{record.id}-{attempt}" if attempt else None
-
-
-def largest_gang(nodes: list[Node], gpu_models: frozenset[str]) -> int:
-    """The most GPUs (of ``gpu_models``, if given) one training node has."""
-    return max(
-        (
-            sum(
-                1
-                for gpu in node.gpus
-                if TRAIN_POOL in gpu.pools and (not gpu_models or gpu.model in gpu_models)
-            )
-            for node in nodes
-        ),
-        default=0,
-    )
 
 
 class JobService(LoggingConfigurable):
@@ -173,12 +160,15 @@ class JobService(LoggingConfigurable):
         self.allocator = allocator
         self.executor = executor
         self.lock = asyncio.Lock()
-        self.waiting: dict[str, Waiting] = {}
-        """The last scheduling pass's position and reason for every job it left in the queue."""
+        self.queue = QueueSnapshot()
+        """The last scheduling pass's places and reasons of the jobs it left waiting; each pass
+        replaces it whole, so a reader holding it sees one pass."""
         self.metrics = ServiceMetrics()
         """Queue, wait, preemption and outcome figures, served at .../metrics."""
-        self.preemptions: dict[str, Preemption] = {}
+        self.preemptions: dict[str, Stopping] = {}
         """Preemptions under way (stop signal sent, process not yet gone), by job id."""
+        self.cancellations: dict[str, Stopping] = {}
+        """Cancelled jobs whose process is still stopping (their lease not yet given back), by job id."""
 
     @property
     def ledger(self) -> Ledger:
@@ -197,13 +187,18 @@ class JobService(LoggingConfigurable):
                 "submit with priority 'normal' or 'low'"
             )
         nodes = await self.call(self.ledger.nodes)
-        largest = largest_gang(nodes, body.gpu_models)
-        if body.gpus > largest:
+        on_train = largest_gang(nodes, body.gpu_models, TRAIN_POOL)
+        on_dev = largest_gang(nodes, body.gpu_models, DEV_POOL)
+        if body.gpus > max(on_train, on_dev):
+            # Idle dev GPUs take batch jobs as borrowed work, so only a job that no node of either
+            # pool could hold is impossible.
             models = "/".join(sorted(body.gpu_models)) + " " if body.gpu_models else ""
+            largest = max(on_train, on_dev)
             raise JobBodyError(
-                f"gpus: no training node has {body.gpus} {models}GPUs; the largest has {largest}; "
-                f"ask for {largest} or fewer"
-                + ("" if largest else " (there is no training GPU: ask an admin to add a train pool)")
+                f"gpus: no node has {body.gpus} {models}GPUs (a job's GPUs are all on one node): the "
+                f"largest training node has {on_train}, the largest dev node has {on_dev} (lent to batch "
+                f"jobs while idle); ask for {largest} or fewer"
+                + ("" if largest else " (there is no GPU for batch jobs: ask an admin to add one)")
             )
         policy = self.allocator.profiles.quotas
         group = quota.charge_group(user.groups, policy)
@@ -357,24 +352,60 @@ class JobService(LoggingConfigurable):
         return ended
 
     async def cancel(self, job_id: str, by: str) -> JobRecord:
-        """Cancel a queued or running job (stopping its process); a finished job stays as it is.
+        """Cancel a queued, running or checkpointing job and return at once; a finished job stays
+        as it is.
 
-        A job that is checkpointing for a preemption is cancelled once its process is gone and it
-        is back in the queue: its stop signal has gone out already, and its lease is released then.
+        The job is ``cancelled`` from now on. A process it still has gets its stop signal from a
+        background task that waits up to ``cancel_grace_seconds`` (then kills it) and only then
+        gives the lease back, so the GPUs are never lent while the process still runs on them.
+        Nothing waits for that here: the lock is held for the ledger writes only, so a cancel
+        never holds up the scheduling pass, another cancel, or a notebook's request for a slice.
         """
-        preemption = self.preemptions.get(job_id)
-        if preemption is not None and preemption.task is not None:
-            await asyncio.shield(preemption.task)
         async with self.lock:
             record = await self.get(job_id)
             if record.state in TERMINAL_STATES:
                 return record
             reason = f"cancelled by {by}"
+            self.queue = self.queue.without(job_id)
+            cancelled = await self.transition(record.id, "cancelled", reason, ended_at=time.time())
             if record.state == "running":
-                await self.executor.stop(run_id(record), self.cancel_grace_seconds)
-                return await self.finish(record, "cancelled", reason, exit_code=None)
-            self.waiting.pop(job_id, None)
-            return await self.transition(record.id, "cancelled", reason, ended_at=time.time())
+                self.stop_in_background(record, self.cancel_grace_seconds)
+            # A checkpointing job's preemption task stops the process and gives the lease back;
+            # seeing the job cancelled, it does not queue it again.
+            self.log.info("job %s of %s %s", record.id, record.owner, reason)
+            return cancelled
+
+    def stop_in_background(self, record: JobRecord, grace_s: float) -> Stopping:
+        """Stop the latest run of a job that has ended (it was cancelled, or the service restarted
+        while it stopped) and then give its lease back; the job's state is not touched.
+
+        If the process outlives its kill, the lease is kept and the next scheduling pass tries
+        again (:meth:`BatchScheduler._release_orphans`).
+        """
+        running = self.cancellations.get(record.id)
+        if running is not None:
+            return running
+        stopping = Stopping(record.id, time.monotonic(), grace_s)
+        self.cancellations[record.id] = stopping
+
+        async def stop() -> None:
+            try:
+                # A run's executor job and its lease share one id (see run_id).
+                run = record.lease_id or run_id(record) or ""
+                if await self._stop_run(run, record.id, grace_s) and record.lease_id:
+                    await self.release(record.lease_id)
+                    self.log.info("job %s: its process is gone; lease %s given back", record.id, run)
+            except Exception:
+                self.log.exception("job %s: stopping its process failed; the next pass retries", record.id)
+            finally:
+                self.cancellations.pop(record.id, None)
+
+        stopping.task = asyncio.get_running_loop().create_task(stop())
+        return stopping
+
+    def stopping(self) -> dict[str, Stopping]:
+        """Every stop under way, preemptions and cancellations, by job id."""
+        return {**self.cancellations, **self.preemptions}
 
     async def preempt(self, job_id: str, reason: str, grace_s: float) -> bool:
         """Send a running job that must yield its GPUs its stop signal, and return at once.
@@ -397,28 +428,34 @@ class JobService(LoggingConfigurable):
         self.resume_preemption(record, grace_s)
         return True
 
-    def resume_preemption(self, record: JobRecord, grace_s: float) -> Preemption:
+    def resume_preemption(self, record: JobRecord, grace_s: float) -> Stopping:
         """Finish the preemption of a ``preempted`` job in the background (after a restart too)."""
         running = self.preemptions.get(record.id)
         if running is not None:
             return running
-        preemption = Preemption(record.id, time.monotonic(), grace_s)
+        preemption = Stopping(record.id, time.monotonic(), grace_s)
         self.preemptions[record.id] = preemption
         preemption.task = asyncio.get_running_loop().create_task(self._finish_preemption(record, grace_s))
         return preemption
 
     async def _finish_preemption(self, record: JobRecord, grace_s: float) -> None:
-        """Wait for the process to go, then release its lease and queue the job again.
+        """Wait for the process to go, then release its lease and queue the job again (unless it
+        was cancelled meanwhile).
 
         If the process cannot be stopped (the executor failed, or it outlived the kill), the job
         stays ``preempted`` with its lease, and the next scheduling pass tries again.
         """
         try:
-            if not await self._stop_for_preemption(record, grace_s):
+            if not await self._stop_run(run_id(record) or "", record.id, grace_s):
                 return
             async with self.lock:
                 if record.lease_id:
                     await self.release(record.lease_id)
+                current = await self.get(record.id)
+                if current is None or current.state != "preempted":
+                    # cancelled while it checkpointed: it stays so, and its GPUs are free now
+                    self.log.info("job %s stopped after its preemption, and stays cancelled", record.id)
+                    return
                 await self.transition(record.id, "queued", "back in the queue after preemption")
             self.log.info("job %s stopped after its preemption; back in the queue", record.id)
         except Exception:
@@ -428,14 +465,14 @@ class JobService(LoggingConfigurable):
         finally:
             self.preemptions.pop(record.id, None)
 
-    async def _stop_for_preemption(self, record: JobRecord, grace_s: float) -> bool:
+    async def _stop_run(self, run: str, job_id: str, grace_s: float) -> bool:
         """SIGTERM, up to ``grace_s`` to checkpoint, then SIGKILL; whether the process is gone."""
         try:
-            status = await self.executor.stop(run_id(record) or "", grace_s)
-        except UnknownJob:
+            status = await self.executor.stop(run, grace_s)
+        except (UnknownJob, ValueError):
             return True  # its process never started, so there is nothing to stop
         if status.state is ExecutionState.running:
-            self.log.warning("job %s still runs after its stop; the next pass tries again", record.id)
+            self.log.warning("job %s still runs after its stop; the next pass tries again", job_id)
             return False
         return True
 

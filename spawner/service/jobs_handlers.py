@@ -15,17 +15,7 @@ from .handlers import APIHandler, api_error
 from .hub_users import UnknownUserError
 from .job_request import JobBodyError, parse_job_body
 from .jobs import STATES, TERMINAL_STATES, JobService
-
-
-def job_json(record: JobRecord, jobs: JobService, listing: bool = False) -> dict[str, Any]:
-    """A job as the API returns it, with its place in the queue while it waits; a listing leaves
-    out the provenance, which ``GET jobs/{id}`` has."""
-    model = record.to_dict(include_provenance=not listing)
-    waiting = jobs.waiting.get(record.id) if record.state == "queued" else None
-    model["queue_position"] = waiting.position if waiting else None
-    model["waiting_reason"] = waiting.reason if waiting else None
-    return model
-
+from .serialize import job_json
 
 DEFAULT_LIST_LIMIT = 500
 """How many of the newest jobs ``GET jobs`` returns unless ``limit`` says otherwise."""
@@ -52,7 +42,11 @@ class JobsAPIHandler(APIHandler):
             record = await self.jobs.cancel(job_id, by=self.requester.name)
         except JobStateError as error:
             raise api_error(409, str(error)) from None
-        self.reply(200, {"job": job_json(record, self.jobs)})
+        self.reply(200, {"job": self.job_model(record)})
+
+    def job_model(self, record: JobRecord) -> dict[str, Any]:
+        """One job, placed in the queue as its caller sees it: an admin among everyone's jobs."""
+        return job_json(record, self.jobs.queue, everyone=self.requester.sees_everyone)
 
 
 class JobsHandler(JobsAPIHandler):
@@ -77,7 +71,14 @@ class JobsHandler(JobsAPIHandler):
                 400, f"limit: give a whole number of jobs from 1 to {MAX_LIST_LIMIT}, not {limit!r}"
             )
         records = await self.jobs.list(user, states, int(limit))
-        self.reply(200, {"jobs": [job_json(record, self.jobs, listing=True) for record in records]})
+        queue = self.jobs.queue  # one pass's places for the whole listing
+        self.reply(
+            200,
+            {
+                "jobs": [job_json(record, queue, listing=True, everyone=user is None) for record in records],
+                "as_of": queue.as_of or None,
+            },
+        )
 
     async def post(self) -> None:
         if self.requester.kind != "user":
@@ -97,14 +98,14 @@ class JobsHandler(JobsAPIHandler):
             raise api_error(400, str(error)) from None
         except UnknownUserError as error:
             raise api_error(403, str(error)) from None
-        self.reply(201, {"job": job_json(record, self.jobs)})
+        self.reply(201, {"job": self.job_model(record)})
 
 
 class JobHandler(JobsAPIHandler):
     async def get(self, job_id: str) -> None:
         record = await self.readable_job(job_id, "see")
         events = await self.jobs.events(job_id)
-        self.reply(200, {"job": job_json(record, self.jobs), "events": [event.to_dict() for event in events]})
+        self.reply(200, {"job": self.job_model(record), "events": [event.to_dict() for event in events]})
 
     async def delete(self, job_id: str) -> None:
         await self.cancel_job(job_id)

@@ -31,6 +31,7 @@ from spawner.core.units import MILLI_PER_GPU
 from .allocator import holder_json
 from .handlers import ServiceUserMixin, error_sentence
 from .jobs import TERMINAL_STATES, JobService
+from .serialize import job_json
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE / "templates"
@@ -174,10 +175,9 @@ class AdminPageHandler(PageHandler):
         """Running jobs (longest running first), then the queue in the scheduler's order."""
         if self.jobs is None:
             return []
-        from .jobs_handlers import job_json  # the API's view of a job, with its queue position
-
         records = await self.jobs.list(None, QUEUE_STATES)
-        queue = [job_json(record, self.jobs, listing=True) for record in records]
+        snapshot = self.jobs.queue
+        queue = [job_json(record, snapshot, listing=True, everyone=True) for record in records]
         running = sorted(
             (job for job in queue if job["state"] == "running"), key=lambda job: job["started_at"] or 0
         )

@@ -46,7 +46,8 @@ from spawner.ledger import LeaseConflictError, LedgerError
 from spawner.ledger.jobs import JobRecord
 
 from .executor.base import ExecutionState, UnknownJob
-from .jobs import JobService, run_id
+from .jobs import TERMINAL_STATES, JobService, run_id
+from .queue_view import QueueSnapshot
 
 RESERVED_POOL = "reserved-for-interactive"
 """The pool a reclaimed dev GPU is in for the scheduler while it waits for its interactive slice:
@@ -66,6 +67,21 @@ def group_shares(policy: QuotaPolicy, groups: Sequence[str | None]) -> dict[str 
         batch = policy.for_group(group).batch
         shares[group] = GroupShare(batch.guaranteed_gpus, batch.borrowing_limit_gpus)
     return shares
+
+
+@dataclass(frozen=True)
+class GPUHoldings:
+    """What holds which GPUs at one moment, as the pass and the interactive reclaim read it."""
+
+    nodes: list[Node]
+    leases: dict[str, Lease]
+    """Every live lease by id."""
+    running: list[JobRecord]
+    preempted: list[JobRecord]
+    stopping_records: list[JobRecord]
+    """Jobs still holding GPUs while they stop: checkpointing for a preemption, or cancelled."""
+    stopping: set[str]
+    """Ids of those jobs, whose GPUs come back without anyone else being stopped."""
 
 
 @dataclass(frozen=True)
@@ -174,37 +190,48 @@ class BatchScheduler(LoggingConfigurable):
 
     # ----------------------------------------------------------------------------- one pass
 
-    async def _gpu_holdings(
-        self, jobs: JobService
-    ) -> tuple[list[Node], dict[str, Lease], list[JobRecord], list[JobRecord]]:
+    async def _gpu_holdings(self, jobs: JobService) -> GPUHoldings:
         """The nodes, every live lease by id, and the jobs holding GPUs: the running ones and those
-        checkpointing for a preemption (the pass and the interactive reclaim both start here)."""
+        stopping (checkpointing for a preemption, or cancelled and not yet gone); the pass and
+        the interactive reclaim both start here."""
         ledger = jobs.ledger
-        nodes, leases, running_records, preempted_records = await asyncio.gather(
+        stops = jobs.stopping()
+        nodes, leases, running_records, preempted_records, cancelling = await asyncio.gather(
             jobs.call(ledger.nodes),
             jobs.call(ledger.list_leases),
             jobs.call(jobs.store.running),
             jobs.call(jobs.store.list, states=["preempted"]),
+            asyncio.gather(*(jobs.call(jobs.store.get, job_id) for job_id in list(jobs.cancellations))),
         )
-        return nodes, {lease.id: lease for lease in leases}, running_records, preempted_records
+        stopping_records = preempted_records + [
+            record for record in cancelling if record is not None and record.state != "preempted"
+        ]
+        return GPUHoldings(
+            nodes,
+            {lease.id: lease for lease in leases},
+            running_records,
+            preempted_records,
+            stopping_records,
+            {record.id for record in stopping_records} | set(stops),
+        )
 
     async def schedule_once(self, jobs: JobService, now: float | None = None) -> scheduler.Decision:
         """One whole pass; the caller holds ``jobs.lock``."""
         now = time.time() if now is None else now
         finished = await self.poll_running(jobs)
         await self._load_usage(jobs)
-        (nodes, by_id, running_records, preempted_records), queued_records = await asyncio.gather(
+        holdings, queued_records = await asyncio.gather(
             self._gpu_holdings(jobs), jobs.call(jobs.store.queued)
         )
-        for record in preempted_records:
+        nodes, by_id = holdings.nodes, holdings.leases
+        for record in holdings.preempted:
             # After a restart (or a failed stop) nobody is finishing this preemption: resume it.
             if record.id not in jobs.preemptions:
                 jobs.resume_preemption(record, self.preemption_grace_seconds)
-        running = self._running_jobs(running_records + preempted_records, by_id)
-        stopping = {record.id for record in preempted_records}
-        released = await self._release_orphans(
-            jobs, by_id.values(), {record.id for record in running_records + preempted_records}
-        )
+        holding = holdings.running + holdings.stopping_records
+        running = self._running_jobs(holding, by_id)
+        stopping = holdings.stopping
+        released = await self._release_orphans(jobs, by_id.values(), {record.id for record in holding})
         occupied = [lease.placement for lease in by_id.values() if lease.id not in released]
         self._decay_usage(running, finished, now)
         queue = [record.as_batch_job() for record in queued_records]
@@ -221,15 +248,17 @@ class BatchScheduler(LoggingConfigurable):
             jobs.allocator.policy_name,
             stopping,
         )
-        waiting = dict(decision.waiting)
+        waiting = {job_id: place.reason for job_id, place in decision.waiting.items()}
         records = {record.id: record for record in queued_records}
         for start in decision.starts:
             refused = await self._start(jobs, records[start.job.id], start, now)
             if refused is not None:
-                waiting[start.job.id] = scheduler.Waiting(start.job.id, 0, refused)
+                waiting[start.job.id] = refused  # it keeps its place in the pass's order
         for preempt in decision.preemptions:
             await jobs.preempt(preempt.job_id, preempt.reason, self.preemption_grace_seconds)
-        jobs.waiting = waiting
+        jobs.queue = QueueSnapshot.of_pass(
+            now, decision.order, waiting, {record.id: record.owner for record in queued_records}
+        )
         jobs.metrics.observe_queue(
             (record.group, record.priority) for record in queued_records if record.id in waiting
         )
@@ -296,17 +325,30 @@ class BatchScheduler(LoggingConfigurable):
             )
 
     async def _release_orphans(
-        self, jobs: JobService, leases: Iterable[Lease], running_ids: set[str]
+        self, jobs: JobService, leases: Iterable[Lease], holding_ids: set[str]
     ) -> set[str]:
-        """Batch leases whose job is not running (the service died between a grant and the
-        job's start, or between its end and the release) hold GPUs nobody uses: give them back."""
+        """Give back batch leases whose job no longer holds GPUs; the leases released now.
+
+        A queued job's lease (the service died between a grant and the start; a run found alive
+        was adopted at start-up) is released at once. An ended job's lease (the service died while
+        a cancelled job stopped, or between a job's end and its release) may still have a process
+        on its GPUs: that run is stopped first, in the background, and its lease released after,
+        so the GPUs are never lent while something still runs on them.
+        """
         released = set()
         for lease in leases:
-            if lease.workload == WorkloadClass.batch and lease.holder not in running_ids:
-                if await jobs.call(jobs.store.get, lease.holder) is not None:
-                    await jobs.release(lease.id)
-                    released.add(lease.id)
-                    self.log.info("released lease %s: job %s is not running", lease.id, lease.holder)
+            if lease.workload != WorkloadClass.batch or lease.holder in holding_ids:
+                continue
+            record = await jobs.call(jobs.store.get, lease.holder)
+            if record is None:
+                continue
+            if record.state in TERMINAL_STATES:
+                jobs.stop_in_background(replace(record, lease_id=lease.id), jobs.cancel_grace_seconds)
+                self.log.info("job %s %s: stopping run %s, then releasing", record.id, record.state, lease.id)
+                continue
+            await jobs.release(lease.id)
+            released.add(lease.id)
+            self.log.info("released lease %s: job %s is not running", lease.id, lease.holder)
         return released
 
     async def _start(self, jobs: JobService, record, start: Start, now: float) -> str | None:
@@ -400,9 +442,9 @@ class BatchScheduler(LoggingConfigurable):
         would not make room, so the slice is refused as usual.
         """
         async with jobs.lock:
-            nodes, by_id, running_records, preempted_records = await self._gpu_holdings(jobs)
-            running = self._running_jobs(running_records + preempted_records, by_id)
-            stopping = {record.id for record in preempted_records}
+            holdings = await self._gpu_holdings(jobs)
+            nodes, by_id, stopping = holdings.nodes, holdings.leases, holdings.stopping
+            running = self._running_jobs(holdings.running + holdings.stopping_records, by_id)
             victims = await asyncio.to_thread(
                 scheduler.reclaim_for_interactive,
                 nodes,
@@ -424,12 +466,9 @@ class BatchScheduler(LoggingConfigurable):
                         f"an interactive slice needs the dev GPU {', '.join(names)} it borrowed",
                         self.preemption_grace_seconds,
                     )
+            stops = jobs.stopping()
             left = max(
-                (
-                    jobs.preemptions[victim.job.id].seconds_left()
-                    for victim in victims
-                    if victim.job.id in jobs.preemptions
-                ),
+                (stops[victim.job.id].seconds_left() for victim in victims if victim.job.id in stops),
                 default=0.0,
             )
             self.held_for_interactive[lease_id] = InteractiveHold(

@@ -10,6 +10,9 @@ from typing import Any
 
 from spawner.core.units import GPU, MILLI_PER_GPU, Lease, SliceRequest
 from spawner.ledger import GPUHolder
+from spawner.ledger.jobs import JobRecord
+
+from .queue_view import QueueSnapshot
 
 
 def request_json(request: SliceRequest) -> dict[str, Any]:
@@ -65,4 +68,24 @@ def gpu_json(gpu: GPU, holders: list[GPUHolder], *, show_holders: bool) -> dict[
             {"lease_id": h.lease_id, "holder": h.holder, "user": h.user, "milli_gpu": h.milli_gpu}
             for h in holders
         ]
+    return model
+
+
+def job_json(
+    record: JobRecord, queue: QueueSnapshot, *, listing: bool = False, everyone: bool = False
+) -> dict[str, Any]:
+    """A job as the API returns it, with its place in the queue while it waits; a listing leaves
+    out the provenance, which ``GET jobs/{id}`` has.
+
+    ``queue`` is one pass's snapshot, read once per answer so that every job of a listing stands
+    where that pass put it. ``queue_position`` counts among everyone's waiting jobs when
+    ``everyone`` (an admin's view of the whole queue), else among the owner's own, so what a
+    caller sees is numbered 0..n-1; ``jobs_ahead`` is always the whole queue's figure.
+    """
+    model = record.to_dict(include_provenance=not listing)
+    place = queue.place(record.id, everyone) if record.state == "queued" else None
+    model["queue_position"] = place.position if place else None
+    model["jobs_ahead"] = place.jobs_ahead if place else None
+    model["waiting_reason"] = place.reason if place else None
+    model["queue_as_of"] = place.as_of if place else None
     return model

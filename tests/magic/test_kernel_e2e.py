@@ -10,84 +10,24 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import textwrap
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 from jupyter_client import BlockingKernelClient
 
 from tests.integration.hubprocess import HubProcess
+from tests.integration.kernels import evaluate, run, spawn_server, start_kernel
 
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILE = "a100-1-8"
-JOB_ID = re.compile(r"submitted (job-[0-9a-z]+)")
-
-
-@dataclass
-class CellRun:
-    """What one execution sent back on iopub, as a notebook would show it."""
-
-    def __str__(self) -> str:
-        tracebacks = ["\n".join(error["traceback"]) for error in self.errors]
-        return "\n".join([self.text, *tracebacks])
-
-    reply: dict
-    stdout: str = ""
-    stderr: str = ""
-    displays: list[str] = field(default_factory=list)
-    errors: list[dict] = field(default_factory=list)
-
-    @property
-    def text(self) -> str:
-        return "\n".join([self.stdout, self.stderr, *self.displays])
-
-    def job_id(self) -> str:
-        found = JOB_ID.search(self.stdout)
-        assert found, f"no job was submitted:\n{self.text}"
-        return found.group(1)
-
-    def assert_quiet_refusal(self, *phrases: str) -> None:
-        """The sentence is in the cell's stderr, and no traceback came from our code."""
-        for phrase in phrases:
-            assert phrase in self.stderr, f"{phrase!r} not in:\n{self.text}"
-        assert not self.errors, self.errors
-        assert "Traceback" not in self.text and "spawner/" not in self.text, self.text
-        assert "submitted job-" not in self.stdout
-
-
-def run(kernel: BlockingKernelClient, code: str, timeout: float = 180) -> CellRun:
-    result = CellRun(reply={})
-
-    def collect(message: dict) -> None:
-        kind, content = message["msg_type"], message["content"]
-        if kind == "stream":
-            if content["name"] == "stdout":
-                result.stdout += content["text"]
-            else:
-                result.stderr += content["text"]
-        elif kind in ("display_data", "execute_result", "update_display_data"):
-            result.displays.append(content["data"].get("text/plain", ""))
-        elif kind == "error":
-            result.errors.append(content)
-
-    result.reply = kernel.execute_interactive(code, output_hook=collect, timeout=timeout)
-    return result
-
-
-def evaluate(kernel: BlockingKernelClient, expression: str) -> str:
-    """``print(expression)`` in the kernel, asserting it ran cleanly; the printed text."""
-    done = run(kernel, f"print(({expression}))")
-    assert not done.errors and done.reply["content"]["status"] == "ok", done.text
-    return done.stdout.strip()
 
 
 @dataclass
@@ -96,42 +36,6 @@ class Notebook:
     user: str
     home: Path
     kernel: BlockingKernelClient
-
-
-def spawn_server(hub: HubProcess, user: str) -> requests.Session:
-    session = hub.login(user)
-    started = session.post(f"{hub.url}/hub/api/users/{user}/server", json={"profile": PROFILE}, timeout=30)
-    assert started.status_code in (201, 202), started.text
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline:
-        model = session.get(f"{hub.url}/hub/api/users/{user}", timeout=10).json()
-        if model["servers"].get("", {}).get("ready"):
-            return session
-        time.sleep(0.5)
-    pytest.fail(f"{user}'s server never became ready:\n{hub.log()}")
-
-
-def start_kernel(hub: HubProcess, session: requests.Session, user: str, home: Path) -> BlockingKernelClient:
-    """A kernel started through the server's REST API, with the user's token, then connected to."""
-    token = session.post(f"{hub.url}/hub/api/users/{user}/tokens", json={"note": "e2e"}, timeout=10)
-    assert token.status_code == 201, token.text
-    headers = {"Authorization": f"token {token.json()['token']}"}
-    created = requests.post(f"{hub.url}/user/{user}/api/kernels", json={}, headers=headers, timeout=60)
-    assert created.status_code == 201, created.text
-    kernel_id = created.json()["id"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = list(home.rglob(f"kernel-{kernel_id}.json"))
-        if found:
-            break
-        time.sleep(0.3)
-    else:
-        pytest.fail(f"no connection file for kernel {kernel_id} under {home}")
-    client = BlockingKernelClient(connection_file=str(found[0]))
-    client.load_connection_file()
-    client.start_channels()
-    client.wait_for_ready(timeout=90)
-    return client
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +55,7 @@ def notebook(tmp_path_factory):
     kernel = None
     hub.start(timeout=120)
     try:
-        session = spawn_server(hub, user)
+        session = spawn_server(hub, user, PROFILE)
         kernel = start_kernel(hub, session, user, home)
         yield Notebook(hub, user, home, kernel)
     finally:
@@ -329,7 +233,7 @@ def test_refusals_are_one_clear_message_and_nothing_is_sent(notebook):
         "Create it inside the cell",
     )
     run(kernel, "%%submit --gpus 4\nx = 1").assert_quiet_refusal(
-        "gpus: no training node has 4 GPUs; the largest has 1; ask for 1 or fewer"
+        "gpus: no node has 4 GPUs", "the largest training node has 1", "ask for 1 or fewer"
     )
     run(kernel, "%%submit --priority high\nx = 1").assert_quiet_refusal(
         f"priority: 'high' is for members of no group and admins, and user {notebook.user} is neither"

@@ -51,14 +51,16 @@ def hub(tmp_path_factory):
 
 
 def positions(hub, session, jobs: dict[str, dict]) -> dict[str, int] | None:
-    """Queue position of each job once the scheduler has placed them all, else None."""
-    found = {}
-    for name, job in jobs.items():
-        model = get_job(session, hub, job["id"])["job"]
-        if model["state"] != "queued" or model["queue_position"] is None:
-            return None
-        found[name] = model["queue_position"]
-    return found
+    """Queue position of each job once one scheduling pass has placed them all, else None.
+
+    One listing, so every position comes from the same pass: read job by job, a pass that ran
+    between two reads (one that had not yet seen the last submissions, then one that had) could
+    give two jobs the same place.
+    """
+    listing = session.get(hub.api + "jobs?all=1&state=queued", timeout=30).json()["jobs"]
+    by_id = {job["id"]: job["queue_position"] for job in listing}
+    found = {name: by_id.get(job["id"]) for name, job in jobs.items()}
+    return None if None in found.values() else found
 
 
 def block_the_training_gpu(hub) -> dict:

@@ -56,7 +56,7 @@ def test_refusals_are_the_services_sentence_not_a_traceback(hub, tmp_path):
     (tmp_path / "big.py").write_text("print('x')\n")
     refused = gpuslice(hub, "alice", "jobs", "submit", "big.py", "--gpus", "16", cwd=tmp_path)
     assert refused.returncode == 1
-    assert "no training node has 16 GPUs" in refused.stderr and "Traceback" not in refused.stderr
+    assert "no node has 16 GPUs" in refused.stderr and "Traceback" not in refused.stderr
     missing = gpuslice(hub, "bob", "jobs", "cancel", "job-000000000000", cwd=tmp_path)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
 

@@ -1,0 +1,80 @@
+"""The queue as one scheduling pass left it: every waiting job's place and reason, read as a whole.
+
+Each pass publishes a new :class:`QueueSnapshot` and never edits one that readers may hold, so a
+listing (or a page) takes every position from the same pass, and says which (``as_of``): two
+waiting jobs never share a place, and no place is skipped. A reader who picked job A's position
+from one pass and job B's from the next could see both at place 1 after the queue changed between
+the passes; reading one snapshot object cannot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    """Where one waiting job stands in a snapshot, as the caller sees it."""
+
+    position: int
+    """0-based place among the waiting jobs the caller can see (their own, or everyone's)."""
+    jobs_ahead: int
+    """Waiting jobs of anyone ahead of it in the whole queue."""
+    reason: str
+    as_of: float
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """The jobs one pass left waiting, first to last, with their owners and waiting reasons."""
+
+    as_of: float = 0.0
+    """``time.time()`` of the pass."""
+    order: tuple[str, ...] = ()
+    owners: Mapping[str, str] = field(default_factory=dict)
+    reasons: Mapping[str, str] = field(default_factory=dict)
+    _ahead: dict[str, int] = field(init=False, repr=False, compare=False)
+    _own_rank: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ahead = {job_id: index for index, job_id in enumerate(self.order)}
+        per_owner: dict[str, int] = {}
+        own_rank = {}
+        for job_id in self.order:
+            owner = self.owners.get(job_id, "")
+            own_rank[job_id] = per_owner.get(owner, 0)
+            per_owner[owner] = own_rank[job_id] + 1
+        object.__setattr__(self, "_ahead", ahead)
+        object.__setattr__(self, "_own_rank", own_rank)
+
+    @classmethod
+    def of_pass(
+        cls, as_of: float, order: Iterable[str], waiting: Mapping[str, str], owners: Mapping[str, str]
+    ) -> QueueSnapshot:
+        """The snapshot of a pass: ``order`` is the pass's whole order (started jobs too),
+        ``waiting`` the reason of each job it left waiting."""
+        kept = tuple(job_id for job_id in order if job_id in waiting)
+        return cls(as_of, kept, {job_id: owners[job_id] for job_id in kept}, dict(waiting))
+
+    def place(self, job_id: str, everyone: bool) -> QueuePlace | None:
+        """Where ``job_id`` waits, counted among everyone's jobs or only among its owner's; None
+        when this pass did not leave it waiting (it started, ended, or came after the pass)."""
+        ahead = self._ahead.get(job_id)
+        if ahead is None:
+            return None
+        position = ahead if everyone else self._own_rank[job_id]
+        return QueuePlace(position, ahead, self.reasons[job_id], self.as_of)
+
+    def without(self, job_id: str) -> QueueSnapshot:
+        """This snapshot less a job that left the queue between passes (a cancel), so that the
+        places after it close up instead of leaving a gap until the next pass."""
+        if job_id not in self._ahead:
+            return self
+        order = tuple(other for other in self.order if other != job_id)
+        owners = {other: self.owners[other] for other in order}
+        reasons = {other: self.reasons[other] for other in order}
+        return QueueSnapshot(self.as_of, order, owners, reasons)
+
+    def __len__(self) -> int:
+        return len(self.order)

@@ -40,6 +40,24 @@ class HubProcess:
         self.log_path = state_dir / "hub.log"
         self.process: subprocess.Popen | None = None
 
+    @classmethod
+    def as_make_run(cls, state_dir: Path) -> HubProcess:
+        """The hub exactly as ``make run`` starts it: no setting of ours but free ports and a state
+        directory of its own; the login password is the one it generates, read back after start."""
+        hub = cls(state_dir)
+        hub.env = {name: value for name, value in hub.env.items() if not name.startswith("GPUSLICE_")}
+        hub.env.update(
+            {
+                "GPUSLICE_STATE_DIR": str(state_dir),
+                "GPUSLICE_BIND_URL": hub.url,
+                "GPUSLICE_HUB_PORT": str(free_port()),
+                "GPUSLICE_PROXY_API_URL": f"http://127.0.0.1:{free_port()}",
+                "GPUSLICE_SERVICE_PORT": str(free_port()),
+            }
+        )
+        hub.password = ""
+        return hub
+
     def start(self, timeout: float = 60) -> HubProcess:
         log = open(self.log_path, "ab")
         jupyterhub = Path(sys.executable).with_name("jupyterhub")
@@ -56,6 +74,8 @@ class HubProcess:
                 raise RuntimeError(f"the hub exited with {self.process.returncode}:\n{self.log()}")
             try:
                 if requests.get(f"{self.url}/hub/api", timeout=2).ok:
+                    if not self.password:  # the quick-start password it generated
+                        self.password = (self.state_dir / "quickstart-password").read_text().strip()
                     return self
             except requests.ConnectionError:
                 pass

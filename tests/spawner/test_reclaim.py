@@ -10,19 +10,16 @@ it, saying so on the progress stream, until the slice is granted.
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from types import SimpleNamespace
 
 import pytest
-import requests
 from integration.hubprocess import HubProcess, free_port
 
 from spawner.hub.mixin import GPUSliceSpawnerMixin
 from spawner.hub.profiles import load_profiles
 from spawner.hub.service_client import LeaseRefused
 
-from .conftest import ADMIN, ADMIN_PASSWORD, REPO_ROOT, Hub, small_quota_profiles
+from .conftest import ADMIN, ADMIN_PASSWORD, REPO_ROOT, Hub, Jobs, progress_messages, small_quota_profiles
 
 SLICE = "a100-1-8"
 
@@ -69,62 +66,6 @@ def hub(tmp_path_factory):
         running.stop_all_servers()
     finally:
         running.process.stop()
-
-
-class Jobs:
-    """The gpuslice jobs API as bob, with a token the hub admin makes for him."""
-
-    def __init__(self, hub: Hub, user: str):
-        assert hub.api("POST", "users", json={"usernames": [user]}).status_code in (201, 409)
-        token = hub.api("POST", f"users/{user}/tokens", json={"note": "reclaim test"}).json()["token"]
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"token {token}"
-        self.base = f"{hub.url}/services/gpuslice/api/v1/"
-        self.hub = hub
-
-    def submit(self, name: str, script: str) -> dict:
-        body = {"name": name, "script": script, "gpus": 1, "time_limit": "10m"}
-        response = self.session.post(self.base + "jobs", json=body, timeout=30)
-        assert response.status_code == 201, response.text
-        return response.json()["job"]
-
-    def get(self, job_id: str) -> dict:
-        return self.session.get(self.base + f"jobs/{job_id}", timeout=30).json()
-
-    def log(self, job_id: str) -> str:
-        text, offset = "", 0
-        while True:
-            answer = self.session.get(self.base + f"jobs/{job_id}/logs?offset={offset}", timeout=30).json()
-            if answer["next_offset"] == offset:
-                return text
-            text, offset = text + answer["data"], answer["next_offset"]
-
-    def wait_for(self, job_id: str, states: tuple[str, ...], timeout: float = 90) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.get(job_id)["job"]
-            if job["state"] in states:
-                return job
-            time.sleep(0.3)
-        pytest.fail(f"job {job_id} never reached {states}: {self.get(job_id)}\n{self.hub.process.log()}")
-
-    def cancel(self, job_id: str) -> None:
-        self.session.post(self.base + f"jobs/{job_id}/cancel", timeout=60)
-
-
-def progress_messages(hub: Hub, user: str, timeout: float = 150) -> list[dict]:
-    """Every event of the user's pending spawn, as the spawn page reads them, until it ends."""
-    url = f"http://127.0.0.1:{hub.process.env['GPUSLICE_HUB_PORT']}/hub/api/users/{user}/server/progress"
-    events = []
-    with requests.get(url, headers=hub.headers, stream=True, timeout=timeout) as response:
-        assert response.status_code == 200, response.text
-        for line in response.iter_lines(decode_unicode=True):
-            if line and line.startswith("data:"):
-                event = json.loads(line[len("data:") :])
-                events.append(event)
-                if event.get("ready") or event.get("failed"):
-                    break
-    return events
 
 
 @pytest.mark.slow

@@ -9,12 +9,14 @@ never lands between a job's grant and its start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
-import shutil
+import os
+import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,9 +30,12 @@ from spawner.core.units import Lease
 from spawner.ledger.jobs import JobRecord, JobSpec, JobStore
 from spawner.ledger.store import Ledger
 
+from . import job_files
 from .allocator import Allocator
 from .executor.base import ExecutionSpec, ExecutionState, ExecutionStatus, Executor, UnknownJob
+from .executor.jobdir import nofollow
 from .hub_users import HubUser
+from .job_files import UntrustedFile
 from .job_request import CellPayload, JobBody, JobBodyError, parse_duration
 from .metrics import ServiceMetrics
 from .paths import state_dir
@@ -485,6 +490,7 @@ class JobService(LoggingConfigurable):
         results of the run before.
         """
         files = self.job_files_dir(record.id)
+        owners = self._file_owners(record)
         workdir = Path(record.workdir) if record.workdir else files
         environment = {
             **record.environment,
@@ -494,11 +500,11 @@ class JobService(LoggingConfigurable):
         if record.payload_kind == "cell":
             cell = CellPayload.from_stored(record.payload)
             key = job_key(await self.call(self.master_key), record.id)
-            path = await self.call(_write_cell, files, key, record.id, cell)
+            path = await self.call(_write_cell, files, owners, key, record.id, cell)
             argv = [self.python, "-m", "spawner.service.runner", str(path)]
             environment[KEY_VARIABLE] = key.hex()
         else:
-            script = await self.call(_write_script, files, record.payload)
+            script = await self.call(_write_script, files, owners, record.payload)
             argv = [self.python, str(script)]
         await self.executor.start(
             ExecutionSpec(
@@ -513,8 +519,18 @@ class JobService(LoggingConfigurable):
         )
 
     def job_files_dir(self, job_id: str) -> Path:
-        """The directory of a job's own files: script or payload, and results."""
+        """The directory of a job's own files: script or payload, and results.
+
+        When jobs run as their owners it is the owner's (see :mod:`.executor.local` for the rule
+        that follows): the service touches what is in it only through :mod:`.job_files`.
+        """
         return Path(self.scripts_dir).absolute() / job_id
+
+    def _file_owners(self, record: JobRecord) -> frozenset[int]:
+        """The uids whose files in a job's results the service trusts: the account the job runs as
+        (none if it has none; with jobs run as the service, the service's own)."""
+        uid = self.executor.job_uid(record.owner)
+        return frozenset() if uid is None else frozenset({uid})
 
     def master_key(self) -> bytes:
         """The key cell payloads are signed under (blocking file access: call in a thread)."""
@@ -525,13 +541,41 @@ class JobService(LoggingConfigurable):
     async def result_summary(self, record: JobRecord) -> dict[str, Any] | None:
         """The runner's JSON summary of a cell job's results; None if it wrote none (yet).
 
-        Only JSON is read here: the values themselves are a pickle the service never loads.
+        Only JSON is read here: the values themselves are a pickle the service never loads. A
+        summary that is not a regular file the job wrote (a link the job left in its place, say)
+        counts as none; the service does not follow it.
         """
-        return await self.call(_read_summary, self.job_files_dir(record.id) / RESULTS_DIR / SUMMARY_FILE)
+        try:
+            data = await self._read_result(record, SUMMARY_FILE)
+        except FileNotFoundError:
+            return None
+        except UntrustedFile as error:
+            self.log.warning("job %s: its result summary was not read: %s", record.id, error)
+            return None
+        try:
+            summary = json.loads(data.decode("utf-8"))
+        except ValueError:
+            return None
+        return summary if isinstance(summary, dict) else None
 
-    def result_values_path(self, record: JobRecord) -> Path:
-        """Where the runner keeps the pickled values of a cell job (it may not exist)."""
-        return self.job_files_dir(record.id) / RESULTS_DIR / VALUES_FILE
+    async def result_values(self, record: JobRecord) -> bytes:
+        """The pickled values of a cell job, as the runner wrote them (the service never loads them).
+
+        FileNotFoundError if there are none; :class:`UntrustedFile` if what is there is not a
+        regular file of the job's account (a link to a file the job could not read itself).
+        """
+        return await self._read_result(record, VALUES_FILE)
+
+    async def _read_result(self, record: JobRecord, name: str) -> bytes:
+        """One file of a job's results, read without following a link (see :func:`.job_files.read_file`)."""
+        owners = self._file_owners(record)
+        return await self.call(
+            job_files.read_file,
+            self.job_files_dir(record.id),
+            (RESULTS_DIR, name),
+            owners=owners,
+            directory_owners=owners | {os.geteuid()},
+        )
 
     async def process_status(self, record: JobRecord) -> ExecutionStatus | None:
         """What the executor knows of a running job's process; None if it never started one."""
@@ -554,17 +598,48 @@ def _complete_utf8(data: bytes, final: bool) -> tuple[str, int]:
     return data.decode("utf-8", errors="replace"), len(data)
 
 
-def _fresh_job_files(directory: Path) -> None:
-    """The job's files directory, private to the service, without the results of an earlier run."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    shutil.rmtree(directory / RESULTS_DIR, ignore_errors=True)
-    (directory / RESULTS_DIR).mkdir(mode=0o700)
+@contextlib.contextmanager
+def _fresh_job_files(directory: Path, owners: frozenset[int]) -> Iterator[int]:
+    """The job's files directory, open, without the results of an earlier run.
+
+    Created private to the service on the first run; on a later one it may be the owner's (the
+    executor gave it away), so it is opened without following a link and only an empty results
+    directory of the service's own is put in it (the executor gives that away too). The
+    descriptor is for writing the job's file through; it is closed on leaving.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # scripts_dir is the admin's path (it may be a link); from there on nothing is followed.
+    parent = os.open(directory.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if owners - {os.geteuid()}:
+            _check_private(parent, directory.parent)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory.name, 0o700, dir_fd=parent)
+        mine = owners | {os.geteuid()}
+        with job_files.opened_directory(directory.name, dir_fd=parent, owners=mine) as files:
+            job_files.remove(files, RESULTS_DIR)
+            os.mkdir(RESULTS_DIR, 0o700, dir_fd=files)
+            yield files
+    finally:
+        os.close(parent)
+
+
+def _check_private(fd: int, path: Path) -> None:
+    """Refuse to put a job's files in ``JobService.scripts_dir`` if another account could write it:
+    the job files directories there are root's to create and hand over."""
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        raise UntrustedFile(
+            f"JobService.scripts_dir {path} is writable by others (uid {info.st_uid}, mode"
+            f" {stat.S_IMODE(info.st_mode):o}); it must be the service's alone (chmod go-w) when jobs run"
+            " as their owners"
+        )
 
 
 def _log_size_and_last_byte(path: Path) -> tuple[int, bytes]:
     """The size of an ended run's log and its last byte (b"" when it is empty or missing)."""
     try:
-        with open(path, "rb") as file:
+        with open(path, "rb", opener=nofollow) as file:
             size = file.seek(0, 2)
             if size == 0:
                 return 0, b""
@@ -574,21 +649,12 @@ def _log_size_and_last_byte(path: Path) -> tuple[int, bytes]:
         return 0, b""
 
 
-def _write_script(directory: Path, payload: str) -> Path:
-    _fresh_job_files(directory)
-    script = directory / SCRIPT_NAME
-    script.write_text(payload, encoding="utf-8")
-    return script
+def _write_script(directory: Path, owners: frozenset[int], payload: str) -> Path:
+    with _fresh_job_files(directory, owners) as files:
+        job_files.replace_file(files, SCRIPT_NAME, payload.encode("utf-8"))
+    return directory / SCRIPT_NAME
 
 
-def _write_cell(directory: Path, key: bytes, job_id: str, cell: CellPayload) -> Path:
-    _fresh_job_files(directory)
-    return write_signed_payload(directory, key, job_id, cell.python, cell.payload)
-
-
-def _read_summary(path: Path) -> dict[str, Any] | None:
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) else None
+def _write_cell(directory: Path, owners: frozenset[int], key: bytes, job_id: str, cell: CellPayload) -> Path:
+    with _fresh_job_files(directory, owners) as files:
+        return write_signed_payload(directory, key, job_id, cell.python, cell.payload, dir_fd=files)

@@ -6,13 +6,13 @@ the service itself see everyone's. The job service is the web application's ``jo
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from spawner.ledger.jobs import JobRecord, JobStateError
 
 from .handlers import APIHandler, api_error
 from .hub_users import UnknownUserError
+from .job_files import UntrustedFile
 from .job_request import JobBodyError, parse_job_body
 from .jobs import STATES, TERMINAL_STATES, JobService
 from .serialize import job_json
@@ -155,13 +155,22 @@ class JobResultHandler(JobsAPIHandler):
 
 
 class JobResultValuesHandler(JobsAPIHandler):
-    """The pickled ``{name: value}`` of a cell job, as bytes the notebook unpickles (never the service)."""
+    """The pickled ``{name: value}`` of a cell job, as bytes the notebook unpickles (never the service).
+
+    The file is in a folder the job's owner may write; what is there is handed out only if it is
+    a regular file the job wrote, never through a link (see :mod:`.job_files`).
+    """
 
     async def get(self, job_id: str) -> None:
         record = await self.readable_job(job_id, "read the result of")
-        path = self.jobs.result_values_path(record)
         try:
-            values = await asyncio.to_thread(path.read_bytes)
+            values = await self.jobs.result_values(record)
+        except UntrustedFile as error:
+            raise api_error(
+                404,
+                f"job {job_id} has no result values the service can hand out: {error}; run the cell again"
+                " and leave its results directory to it",
+            ) from None
         except FileNotFoundError:
             if record.state not in TERMINAL_STATES:
                 why = f"it is still {record.state}; ask again when it has ended"

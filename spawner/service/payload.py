@@ -8,7 +8,8 @@ accepted it (or one written there by anybody else) never runs.
 Keys: one master key, created once in the state directory with mode 0600, and for each job a key
 derived from it and the job's id. Only the derived key reaches the job (in its environment), so a
 job that leaks its key tells nothing about the key of any other job, and the master key never
-leaves the service. Standard library only: the runner imports this before anything else.
+leaves the service. Standard library only (and :mod:`.job_files`, which is too): the runner
+imports this before anything else.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from . import job_files
 
 MASTER_KEY_FILE = "job-signing.key"
 """The master key's file name in the service's state directory."""
@@ -113,14 +116,24 @@ class SignedPayload:
         return self.payload
 
 
-def write_signed_payload(directory: Path, key: bytes, job_id: str, python: str, payload: bytes) -> Path:
-    """Sign ``payload`` for ``job_id`` and write it as the runner's input file; its path."""
+def write_signed_payload(
+    directory: Path, key: bytes, job_id: str, python: str, payload: bytes, *, dir_fd: int | None = None
+) -> Path:
+    """Sign ``payload`` for ``job_id`` and write it as the runner's input file; its path.
+
+    ``directory`` may be its owner's (see :data:`JOB_FILES_VARIABLE`), so the file is written as
+    :func:`.job_files.replace_file` does: a new file renamed into place through the directory's
+    descriptor (``dir_fd``, or ``directory`` opened without following a link), so that a link the
+    owner left at the payload's name (or at its temporary file's) is replaced, never written through.
+    """
     signed = SignedPayload(job_id, python, payload, sign(key, job_id, python, payload))
-    path = Path(directory) / PAYLOAD_FILE
-    partial = path.with_name(f".{path.name}.tmp")
-    partial.write_text(json.dumps(signed.to_json()), encoding="utf-8")
-    os.replace(partial, path)
-    return path
+    document = json.dumps(signed.to_json()).encode("utf-8")
+    if dir_fd is None:
+        with job_files.opened_directory(directory) as opened:
+            job_files.replace_file(opened, PAYLOAD_FILE, document)
+    else:
+        job_files.replace_file(dir_fd, PAYLOAD_FILE, document)
+    return Path(directory) / PAYLOAD_FILE
 
 
 def read_signed_payload(path: Path) -> SignedPayload:

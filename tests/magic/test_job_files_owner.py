@@ -22,6 +22,7 @@ from spawner.service.executor.local import LocalExecutor
 from spawner.service.payload import JOB_FILES_VARIABLE
 
 OWNER = "nobody"
+SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
@@ -53,16 +54,42 @@ def test_a_job_without_a_files_directory_changes_nothing(tmp_path):
     assert tmp_path.stat().st_uid == os.geteuid()
 
 
+def interpreter_for(account: str) -> tuple[str, str]:
+    """A Python ``account`` can run that loads this package and cloudpickle, with its PYTHONPATH.
+
+    This interpreter first; where it lives in a private home (a pyenv under /root), the system's
+    ``python3`` of the same major.minor, given this checkout and the folder cloudpickle came from.
+    """
+    checkout = str(Path(__file__).resolve().parents[2])
+    candidates = [
+        (sys.executable, checkout),
+        (SYSTEM_PYTHON, f"{checkout}:{Path(cloudpickle.__file__).resolve().parents[1]}"),
+    ]
+    same_version = f"import sys, cloudpickle; assert sys.version_info[:2] == {tuple(sys.version_info[:2])}"
+    problems = []
+    for python, pythonpath in candidates:
+        try:
+            subprocess.run(
+                [python, "-c", same_version],
+                user=account,
+                env={"PYTHONPATH": pythonpath},
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.SubprocessError) as error:
+            problems.append(f"{python}: {error}")
+            continue
+        return python, pythonpath
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    pytest.skip(f"{account} cannot run a Python {version} with this package and cloudpickle: {problems}")
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="running a job as another account needs root")
 def test_a_cell_job_run_as_its_owner_reads_its_payload_and_writes_its_results():
     """The whole path: signed payload written by root, job run as nobody, results written by nobody."""
     account = pwd.getpwnam(OWNER)
-    try:
-        subprocess.run(
-            [sys.executable, "-c", "import cloudpickle"], user=OWNER, check=True, capture_output=True
-        )
-    except (OSError, subprocess.CalledProcessError) as error:
-        pytest.skip(f"{OWNER} cannot run this interpreter ({sys.executable}) with its packages: {error}")
+    interpreter, pythonpath = interpreter_for(OWNER)
     root = Path(tempfile.mkdtemp(prefix="gpuslice-owner-"))
     root.chmod(0o755)  # the owner must reach its files directory, as under the service's state dir
     try:
@@ -82,13 +109,13 @@ def test_a_cell_job_run_as_its_owner_reads_its_payload_and_writes_its_results():
         spec = ExecutionSpec(
             job_id="job-7-1",
             owner=OWNER,
-            argv=[sys.executable, "-m", "spawner.service.runner", str(files / signing.PAYLOAD_FILE)],
+            argv=[interpreter, "-m", "spawner.service.runner", str(files / signing.PAYLOAD_FILE)],
             workdir=str(workdir),
             environment={
                 JOB_FILES_VARIABLE: str(files),
                 signing.RESULTS_VARIABLE: str(files / "results"),
                 signing.KEY_VARIABLE: key.hex(),
-                "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                "PYTHONPATH": pythonpath,
                 "PATH": "/usr/bin:/bin",
             },
             gpu_uuids=[],

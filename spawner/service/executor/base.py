@@ -9,6 +9,7 @@ the exit codes of those that ended meanwhile, and says ``lost`` for those that v
 from __future__ import annotations
 
 import enum
+import os
 from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,14 @@ class Executor(LoggingConfigurable, metaclass=_AbstractConfigurable):
         reaches its time limit.
         """,
     ).tag(config=True)
+
+    def job_uid(self, owner: str) -> int | None:
+        """The uid the jobs of ``owner`` run as, None if they cannot run (no such account).
+
+        Files in a job's results belong to it; the service trusts no other owner's file there (a
+        link the job made to someone else's file, say). By default jobs run as the service.
+        """
+        return os.geteuid()
 
     @abstractmethod
     async def start(self, spec: ExecutionSpec) -> ExecutionStatus:

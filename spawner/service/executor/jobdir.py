@@ -32,10 +32,19 @@ NOTICE_PREFIX = "[gpuslice] "
 """Marks the lines the supervisor adds to a job's log, so readers can tell them from the job's."""
 
 
+def nofollow(path: str | os.PathLike, flags: int) -> int:
+    """An ``opener`` for :func:`open` that never follows a link at the file's own name.
+
+    A run directory is the service's alone (see :mod:`.local`), so nothing should ever be a link
+    there; should one appear anyway, opening it fails rather than reading or writing elsewhere.
+    """
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
 def write_json_atomically(path: Path, record: dict[str, Any]) -> None:
     """Write ``record`` so that a concurrent reader sees either nothing or all of it."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(partial, "w", encoding="utf-8") as file:
+    with open(partial, "w", encoding="utf-8", opener=nofollow) as file:
         json.dump(record, file)
         file.flush()
         os.fsync(file.fileno())
@@ -45,7 +54,7 @@ def write_json_atomically(path: Path, record: dict[str, Any]) -> None:
 def read_json(path: Path) -> dict[str, Any] | None:
     """The record at ``path``, or None when it has not been written."""
     try:
-        with open(path, encoding="utf-8") as file:
+        with open(path, encoding="utf-8", opener=nofollow) as file:
             return json.load(file)
     except FileNotFoundError:
         return None

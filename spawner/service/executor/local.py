@@ -5,6 +5,31 @@ the spec there and launches :mod:`.supervisor` in a new session, so neither a re
 service nor a signal to its process group reaches the job. Everything after that is read from the
 directory, which is why a restarted service (a new ``LocalExecutor`` on the same ``jobs_dir``)
 sees exactly what the old one saw.
+
+**Root never follows a user's path.** With ``run_as_owner`` the service and the supervisors run
+as root and each job as its owner, who can write some of the job's folders (and can do so at any
+moment, from the job or from their notebook server). The rule: root never opens, reads, writes,
+renames, chowns or deletes a path inside a folder its user can write, except through file
+descriptors opened without following links (``O_NOFOLLOW``; ``openat`` relative to a directory
+descriptor opened with ``O_DIRECTORY | O_NOFOLLOW``; file type and ownership checked with
+``fstat`` on the descriptor: see :mod:`spawner.service.job_files`), or in a process that has
+already dropped to the user. So, folder by folder:
+
+- the run directory (``jobs_dir/<run id>``: spec, log, pids, stop request, exit record) is
+  root's alone: created ``0700`` by the service in a ``jobs_dir`` that no other account can write
+  (checked before a job is run as its owner). The job gets its log only as the open descriptor of
+  its stdout and stderr, never its path;
+- the job's files directory (``$GPUSLICE_JOB_FILES``: script or signed payload, ``results``, the
+  cell's local modules) is the owner's, so that the job can write its results: the service
+  (:class:`~spawner.service.jobs.JobService`) writes the script or payload as a new file renamed
+  into place, empties ``results`` with a descriptor-based removal and reads the results through
+  :func:`~spawner.service.job_files.read_file`, which trusts only regular files of the job's
+  account; :meth:`LocalExecutor.give_job_files_to` hands over, by descriptor, what the service
+  made there and nothing else (never a file of root's the owner could have moved in);
+- everything the job itself and the runner of cells do there, they do as the owner.
+
+Without ``run_as_owner`` (the quick start) everything runs as one account and the same code paths
+behave as plain file access.
 """
 
 from __future__ import annotations
@@ -14,6 +39,7 @@ import os
 import pwd
 import re
 import signal
+import stat
 import sys
 import time
 from dataclasses import asdict
@@ -21,6 +47,7 @@ from pathlib import Path
 
 from traitlets import Bool, Unicode
 
+from .. import job_files
 from ..payload import JOB_FILES_VARIABLE
 from . import jobdir
 from .base import (
@@ -103,7 +130,8 @@ class LocalExecutor(Executor):
 
     async def launch(self, spec: ExecutionSpec, directory: Path) -> ExecutionStatus:
         """Start the supervisor of an already prepared job, and wait until it has started the job."""
-        errors = await asyncio.to_thread(open, directory / jobdir.SUPERVISOR_ERRORS, "ab")
+        errors_path = directory / jobdir.SUPERVISOR_ERRORS
+        errors = await asyncio.to_thread(open, errors_path, "ab", opener=jobdir.nofollow)
         with errors:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -131,6 +159,15 @@ class LocalExecutor(Executor):
         if identity is not None:
             jobdir.write_json_atomically(directory / jobdir.SUPERVISOR_PID, identity)
 
+    def job_uid(self, owner: str) -> int | None:
+        """``owner``'s system account's uid with ``run_as_owner`` (None without one), else the service's."""
+        if not self.run_as_owner:
+            return os.geteuid()
+        try:
+            return pwd.getpwnam(owner).pw_uid
+        except KeyError:
+            return None
+
     def account_for(self, spec: ExecutionSpec) -> str | None:
         """The account to switch to for ``spec``, None to stay the service's; refuses what cannot be."""
         if not self.run_as_owner:
@@ -154,7 +191,9 @@ class LocalExecutor(Executor):
 
     def prepare_job_dir(self, directory: Path, spec: ExecutionSpec, run_as: str | None) -> None:
         """Create the job's private directory and the spec its supervisor reads; refuses a reused id."""
-        directory.parent.mkdir(parents=True, exist_ok=True)
+        directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if run_as:
+            self.check_private(directory.parent)
         try:
             directory.mkdir(mode=0o700)
         except FileExistsError:
@@ -172,7 +211,28 @@ class LocalExecutor(Executor):
         }
         jobdir.write_json_atomically(directory / jobdir.SPEC, record)
         if run_as:
-            self.give_job_files_to(spec, run_as)
+            try:
+                self.give_job_files_to(spec, run_as)
+            except job_files.UntrustedFile as error:
+                raise ExecutionRefused(
+                    f"job {spec.job_id}: its files directory is not safe to use: {error}"
+                ) from None
+
+    @staticmethod
+    def check_private(jobs_dir: Path) -> None:
+        """Refuse to run jobs as their owners from a ``jobs_dir`` another account could write.
+
+        The run directories in it hold root's records of each job (and the spec a supervisor,
+        running as root, follows); only the service may be able to add, rename or remove them.
+        """
+        info = jobs_dir.stat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+            raise ExecutionRefused(
+                f"LocalExecutor.jobs_dir {jobs_dir} must be a directory of the service's account"
+                f" (uid {os.geteuid()}) that no other account can write (it is"
+                f" {job_files.kind(info.st_mode)} of uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o});"
+                " fix it, e.g. chmod go-w, before jobs run as their owners"
+            )
 
     @staticmethod
     def give_job_files_to(spec: ExecutionSpec, account: str) -> None:
@@ -180,16 +240,17 @@ class LocalExecutor(Executor):
 
         They are written by the service (root) into a private directory the job, run as its
         owner, could neither read nor write otherwise. Only that directory is given away, never
-        the job's working directory or anything outside the files directory.
+        the job's working directory or anything outside the files directory; and in it only what
+        the service wrote, through descriptors (:func:`~spawner.service.job_files.give_tree`). On a
+        job's second run the directory is already the owner's, who may have left links there, or
+        root's files moved in from elsewhere: then only the service's new directories (the fresh
+        results) change hands; the script or payload it wrote stays root's, readable by the job.
         """
         files = spec.environment.get(JOB_FILES_VARIABLE)
         if not files:
             return
         entry = pwd.getpwnam(account)
-        for root, directories, names in os.walk(files):
-            os.chown(root, entry.pw_uid, entry.pw_gid)
-            for name in [*directories, *names]:
-                os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+        job_files.give_tree(Path(files), entry.pw_uid, entry.pw_gid)
 
     @staticmethod
     def environment_for(spec: ExecutionSpec, run_as: str | None) -> dict[str, str]:
@@ -326,7 +387,7 @@ class LocalExecutor(Executor):
     def read_chunk(path: Path, offset: int, limit: int) -> bytes:
         """Up to ``limit`` bytes of ``path`` from ``offset``; nothing yet if the job has not written."""
         try:
-            with open(path, "rb") as file:
+            with open(path, "rb", opener=jobdir.nofollow) as file:
                 file.seek(offset)
                 return file.read(limit)
         except FileNotFoundError:

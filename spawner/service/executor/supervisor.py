@@ -42,7 +42,9 @@ class JobSupervisor:
         self.job_dir = job_dir
         self.argv = argv
         self.spec: dict[str, Any] = jobdir.read_json(job_dir / jobdir.SPEC) or {}
-        self.log_fd = os.open(job_dir / jobdir.LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.log_fd = os.open(
+            job_dir / jobdir.LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
         self.job: subprocess.Popen | None = None
         self.timed_out = False
         self.stopped = False

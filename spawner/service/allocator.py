@@ -69,6 +69,15 @@ class Allocator:
         return asked
 
     async def allocate(self, body: LeaseBody) -> Grant:
+        """Grant ``body`` as an interactive lease, or say why not.
+
+        Whoever asked, the lease must have a holder the reconciler checks or an expiry, and a
+        profile must be one the lease's user may choose (its groups; admins may choose any): a
+        :class:`LeaseBodyError` says which. Who may ask by a raw request is the handler's rule.
+        """
+        unreleasable = body.unreleasable()
+        if unreleasable is not None:
+            raise LeaseBodyError(unreleasable)
         user = await self.users.get(body.user)
         if body.profile_slug is not None:
             profile = self.profiles.by_slug[body.profile_slug]

@@ -4,11 +4,18 @@ Every API call carries a JupyterHub API token (``Authorization: token ...``); :c
 asks the hub whose it is. Three kinds of caller matter:
 
 - the service itself (its own ``$JUPYTERHUB_API_TOKEN``, which the spawner inside the hub uses):
-  it may create, read and release leases for any user;
+  it may create, read and release leases for any user, by profile or by a raw slice request;
 - admins: a token with the service's admin scope (``custom:gpuslice:admin`` by default) or,
-  when ``hub_admins_are_admins`` is on, a hub admin's token (scope ``admin:users``);
+  when ``hub_admins_are_admins`` is on, a hub admin's token (scope ``admin:users``): as the
+  service itself;
 - everyone else with access to the service (``access:services!service=gpuslice``): their own
-  leases and availability only.
+  leases and availability only. A user asks for a lease by profile, for one of their own servers,
+  and never releases one: a server's lease goes when the server stops (a notebook's own token must
+  not free the GPU its server keeps using), a job's when the job ends or is cancelled. Another
+  user's lease is, to them, a lease that does not exist (404).
+
+Batch jobs' leases belong to the service alone, whoever asks: the scheduler grants them and gives
+them back. ``handlers.py`` applies these rules; ``sees_everyone`` is the line between them.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ class Requester:
 
     @property
     def sees_everyone(self) -> bool:
-        """The service itself and admins act for any user and see who holds what."""
+        """The service itself and admins act for any user and see who holds what; they also ask
+        for raw slice requests and release servers' leases, which users may not."""
         return self.is_service_itself or self.is_admin
 
     def may_act_for(self, user: str) -> bool:

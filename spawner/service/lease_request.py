@@ -1,13 +1,33 @@
-"""The body of ``POST leases``: its JSON Schema, and turning it into a slice request.
+"""The body of ``POST leases``: its JSON Schema, turning it into a slice request, and holders.
 
 The schema refuses unknown fields (``additionalProperties: false``) so that a typo such as
 ``mili_gpu`` is reported instead of silently asking for a CPU-only server; every message says
 which field to change.
+
+The *holder* of a lease is what gives it back, and the only word for it here:
+
+- ``"<user>/<server>"``, a notebook server of the lease's own user (``"<user>/"`` for the default
+  server): the spawner takes the lease when the server starts and releases it when it stops, and
+  the reconciler (``reconcile.py``) releases it once the hub no longer has that server;
+- a batch job's id: the scheduler grants those leases inside the service (never through the API)
+  and gives them back when the job ends, is preempted or is cancelled;
+- anything else only with an expiry (``expires_at``, Unix seconds), after which the reconciler
+  releases the lease. The ledger keeps the expiry in the holder itself, as
+  ``"<holder> until <ISO-8601 UTC>"`` (e.g. ``"maintenance until 2030-01-01T00:00:00Z"``), so that
+  it survives restarts; a server's lease may carry an expiry too.
+
+A holder that is neither a server of the lease's user nor given an expiry is refused: nothing would
+ever give such a lease back. Who may ask how (raw requests and holders other than one's own
+servers are for admins and the service) is decided by the handlers (``handlers.py``).
 """
 
 from __future__ import annotations
 
+import math
+import re
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -30,6 +50,9 @@ SLICE_REQUEST_SCHEMA: dict[str, Any] = {
     },
 }
 
+LATEST_EXPIRY = 253402300799
+"""The last second of the year 9999 (UTC), the latest ``expires_at`` an ISO date can write."""
+
 LEASE_BODY_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -42,6 +65,7 @@ LEASE_BODY_SCHEMA: dict[str, Any] = {
         "group": {"type": "string", "minLength": 1},
         "profile": {"type": "string", "minLength": 1},
         "request": SLICE_REQUEST_SCHEMA,
+        "expires_at": {"type": "number", "exclusiveMinimum": 0, "maximum": LATEST_EXPIRY},
     },
     "oneOf": [{"required": ["profile"]}, {"required": ["request"]}],
 }
@@ -53,21 +77,90 @@ class LeaseBodyError(ValueError):
     """A lease body that cannot be granted as written; the message says what to change."""
 
 
+# ------------------------------------------------------------------------------------ holders
+
+_EXPIRING = re.compile(r"(?P<label>.+) until (?P<at>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)", re.DOTALL)
+_ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def expiring_holder(label: str, expires_at: float) -> str:
+    """The holder the ledger keeps for ``label`` held until ``expires_at`` (rounded up to a second,
+    so that a lease never ends before the time it was asked for)."""
+    at = datetime.fromtimestamp(math.ceil(expires_at), timezone.utc).strftime(_ISO_FORMAT)
+    return f"{label} until {at}"
+
+
+def holder_expiry(holder: str) -> float | None:
+    """When a lease held by ``holder`` expires (Unix seconds), or None if it does not."""
+    match = _EXPIRING.fullmatch(holder)
+    if match is None:
+        return None
+    return datetime.strptime(match["at"], _ISO_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+
+
+def holder_label(holder: str) -> str:
+    """``holder`` without its expiry: what was asked as ``holder``."""
+    match = _EXPIRING.fullmatch(holder)
+    return holder if match is None else match["label"]
+
+
+def server_of_holder(holder: str, user: str) -> str | None:
+    """The server name if ``holder`` is a notebook server of ``user`` ("" for the default), else None."""
+    owner, slash, server = holder_label(holder).partition("/")
+    return server if slash and owner == user else None
+
+
+# --------------------------------------------------------------------------------------- body
+
+
 @dataclass(frozen=True)
 class LeaseBody:
     lease_id: str
     user: str
     holder: str
+    """The holder as the ledger keeps it, with the expiry if one was asked for."""
     group: str | None
     profile_slug: str | None
     slice_request: SliceRequest
+    expires_at: float | None = None
+
+    @property
+    def server(self) -> str | None:
+        """The name of the server of ``user`` that holds the lease, or None for another holder."""
+        return server_of_holder(self.holder, self.user)
+
+    def unreleasable(self) -> str | None:
+        """Why nothing would ever give this lease back, or None: a holder that is not a server of
+        its user, without an expiry."""
+        if self.server is not None or self.expires_at is not None:
+            return None
+        return (
+            f"holder: {self.holder!r} is not a server of user {self.user} ('{self.user}/' for the "
+            f"default server, '{self.user}/<name>' for a named one), so nothing would ever give the "
+            "lease back; hold it for one of the user's servers, or give 'expires_at' (Unix seconds) "
+            "for the service to release it then"
+        )
 
 
-def parse_lease_body(body: Any, profiles: ProfileSet) -> LeaseBody:
+def parse_lease_body(body: Any, profiles: ProfileSet, now: float | None = None) -> LeaseBody:
     """Check ``body`` against the schema and resolve the profile or explicit request."""
     problems = sorted(_VALIDATOR.iter_errors(body), key=lambda error: list(error.absolute_path))
     if problems:
         raise LeaseBodyError("; ".join(_describe(problem) for problem in problems))
+    holder, expires_at = body["holder"], body.get("expires_at")
+    if _EXPIRING.fullmatch(holder):
+        raise LeaseBodyError(
+            f"holder: {holder!r} ends like an expiry; give the holder alone, and the expiry in "
+            "'expires_at' (Unix seconds)"
+        )
+    if expires_at is not None:
+        now = time.time() if now is None else now
+        if not math.isfinite(expires_at) or expires_at <= now:
+            raise LeaseBodyError(
+                f"expires_at: {expires_at} is not a time in the future (Unix seconds, now {now:.0f}); "
+                "give when the service should release the lease"
+            )
+        holder = expiring_holder(holder, expires_at)
     slug = body.get("profile")
     if slug is not None:
         profile = profiles.by_slug.get(slug)
@@ -85,10 +178,11 @@ def parse_lease_body(body: Any, profiles: ProfileSet) -> LeaseBody:
     return LeaseBody(
         lease_id=body["lease_id"],
         user=body["user"],
-        holder=body["holder"],
+        holder=holder,
         group=body.get("group"),
         profile_slug=slug,
         slice_request=slice_request,
+        expires_at=holder_expiry(holder),
     )
 
 

@@ -1,11 +1,16 @@
-"""Giving back the slices of notebook servers that are gone.
+"""Giving back the slices of notebook servers that are gone, and leases that expired.
 
 A server's lease is released by its spawner when it stops. But the hub can die between a server's
 end and that release, or a server can be deleted while the hub is down, and a lease nobody
 releases holds its GPU slice for ever. The service therefore compares, now and then, the live
 interactive leases with the servers the hub knows, and releases the leases of servers the hub no
-longer has. Spawners name a lease's holder ``"user/server"`` ("" is the default server); leases
-held by anything else (batch jobs) are never touched here.
+longer has. Spawners name a lease's holder ``"user/server"`` ("" is the default server).
+
+A lease held by anything else has an expiry (``lease_request.py`` says how holders are written,
+and the API refuses any other lease), and is released once that has passed, whether or not the hub
+is reachable. Leases of batch jobs are never touched here: the scheduler gives them back. An
+interactive lease with neither (granted before expiries existed) is logged once, for an admin to
+release.
 """
 
 from __future__ import annotations
@@ -22,14 +27,37 @@ from spawner.core.units import Lease, WorkloadClass
 
 from .allocator import Allocator
 from .hub_users import HubUserDirectory
+from .lease_request import holder_expiry, server_of_holder
 
 
 def server_of(lease: Lease) -> tuple[str, str] | None:
     """``(user, server name)`` of an interactive lease held by a notebook server, else None."""
-    if lease.workload != WorkloadClass.interactive or "/" not in lease.holder:
+    if lease.workload != WorkloadClass.interactive:
         return None
-    user, _, server = lease.holder.partition("/")
-    return (user, server) if user == lease.user else None
+    server = server_of_holder(lease.holder, lease.user)
+    return None if server is None else (lease.user, server)
+
+
+def expired_leases(leases: Iterable[Lease], now: float) -> list[Lease]:
+    """Interactive leases whose holder carries an expiry that has passed by ``now``."""
+    return [
+        lease
+        for lease in leases
+        if lease.workload == WorkloadClass.interactive
+        and (expiry := holder_expiry(lease.holder)) is not None
+        and expiry <= now
+    ]
+
+
+def unchecked_leases(leases: Iterable[Lease]) -> list[Lease]:
+    """Interactive leases nothing here would ever release: neither a server's nor expiring."""
+    return [
+        lease
+        for lease in leases
+        if lease.workload == WorkloadClass.interactive
+        and server_of(lease) is None
+        and holder_expiry(lease.holder) is None
+    ]
 
 
 def stale_leases(
@@ -74,17 +102,30 @@ class LeaseReconciler(LoggingConfigurable):
         """,
     ).tag(config=True)
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._reported: set[str] = set()  # ids of unchecked leases already logged
+
     async def reconcile_once(self, allocator: Allocator, users: HubUserDirectory) -> list[Lease]:
-        """Release every stale lease now; returns what was released."""
+        """Release every expired and every stale lease now; returns what was released."""
         leases = await allocator.leases(None)
+        released = []
+        for lease in expired_leases(leases, time.time()):
+            if await allocator.release(lease.id) is not None:
+                self.log.info(
+                    "released lease %s of %s: it expired (holder %r)", lease.id, lease.user, lease.holder
+                )
+                released.append(lease)
+        self._report_unchecked(leases)
+        gone = {lease.id for lease in released}
+        leases = [lease for lease in leases if lease.id not in gone]
         holders = {held[0] for held in map(server_of, leases) if held is not None}
         names = sorted(holders)
         try:
             answers = await asyncio.gather(*(users.server_names(name) for name in names))
         except PermissionError as error:
             self.log.warning("not reconciling leases: %s", error)
-            return []
-        released = []
+            return released
         for lease in stale_leases(
             leases, dict(zip(names, answers, strict=True)), time.time(), self.grace_seconds
         ):
@@ -97,6 +138,20 @@ class LeaseReconciler(LoggingConfigurable):
                 )
                 released.append(lease)
         return released
+
+    def _report_unchecked(self, leases: Iterable[Lease]) -> None:
+        for lease in unchecked_leases(leases):
+            if lease.id not in self._reported:
+                self._reported.add(lease.id)
+                self.log.warning(
+                    "lease %s of %s is held by %r, which is neither a server of %s nor expiring, so "
+                    "nothing will release it; an admin can, with DELETE leases/%s",
+                    lease.id,
+                    lease.user,
+                    lease.holder,
+                    lease.user,
+                    lease.id,
+                )
 
     def start(self, allocator: Allocator, users: HubUserDirectory) -> PeriodicCallback | None:
         """Run now and then every ``interval_seconds``; failures are logged, never fatal."""

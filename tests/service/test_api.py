@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -73,11 +74,12 @@ def test_the_spawner_creates_alices_lease_and_only_alice_and_admins_read_it(hub,
         lease["id"]
     ]
 
-    error = assert_json_error(hub.as_user("bob").get(hub.api + f"leases/{lease['id']}", timeout=10), 403)
-    assert "user bob" in error["message"]
+    # Another user's lease is, to bob, a lease that does not exist.
+    error = assert_json_error(hub.as_user("bob").get(hub.api + f"leases/{lease['id']}", timeout=10), 404)
+    assert error["message"] == f"no lease {lease['id']!r}"
     assert hub.as_user("bob").get(hub.api + "leases", timeout=10).json() == {"leases": []}
     assert_json_error(hub.as_user("bob").get(hub.api + "leases?user=alice", timeout=10), 403)
-    assert_json_error(hub.as_user("bob").delete(hub.api + f"leases/{lease['id']}", timeout=10), 403)
+    assert_json_error(hub.as_user("bob").delete(hub.api + f"leases/{lease['id']}", timeout=10), 404)
 
     for admin in ("dana", "erin"):  # a hub admin, and a user with custom:gpuslice:admin
         seen = hub.as_user(admin).get(hub.api + f"leases/{lease['id']}", timeout=10)
@@ -93,12 +95,14 @@ def test_a_user_cannot_create_a_lease_for_someone_else(hub, service):
     assert service.get(hub.api + "leases", timeout=10).json() == {"leases": []}
 
 
-def test_a_user_creates_and_releases_their_own_lease(hub, service):
+def test_a_user_creates_their_own_lease_by_profile_and_the_service_releases_it(hub, service):
     alice = hub.as_user("alice")
-    body = lease_body("alice", request={"milli_gpu": 250})
+    body = lease_body("alice", profile="a100-1-4")
     created = alice.post(hub.api + "leases", json=body, timeout=30)
     assert created.status_code == 201, created.text
-    released = alice.delete(hub.api + f"leases/{body['lease_id']}", timeout=10)
+    assert created.json()["lease"]["expires_at"] is None
+    assert_json_error(alice.delete(hub.api + f"leases/{body['lease_id']}", timeout=10), 403)
+    released = service.delete(hub.api + f"leases/{body['lease_id']}", timeout=10)
     assert released.status_code == 200, released.text
     assert released.json()["lease"]["released_at"] is not None
     assert alice.get(hub.api + "leases", timeout=10).json() == {"leases": []}
@@ -119,12 +123,26 @@ def test_a_user_creates_and_releases_their_own_lease(hub, service):
         (lease_body("alice", request={"milli_gpu": 125}, group="students"), "not in group 'students'"),
         (lease_body("bob", profile="a100-full"), "is in none of them"),
         (lease_body("nobody", request={"milli_gpu": 125}), "no user 'nobody'"),
+        (lease_body("carol", request={"milli_gpu": 125}, holder="forever"), "nothing would ever give"),
+        (lease_body("carol", request={"milli_gpu": 125}, holder="bob/"), "not a server of user carol"),
+        (lease_body("carol", profile="cpu", holder="x until 2030-01-01T00:00:00Z"), "ends like an expiry"),
+        (lease_body("carol", profile="cpu", expires_at=True), "expires_at: True is not of type 'number'"),
         ([1, 2, 3], "is not of type 'object'"),
     ],
 )
 def test_malformed_bodies_get_a_400_saying_what_to_change(hub, service, body, expected):
     error = assert_json_error(service.post(hub.api + "leases", json=body, timeout=10), 400)
     assert expected in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "expected"),
+    [(float("nan"), "not a time in the future"), (float("inf"), "expires_at: inf is greater than")],
+)
+def test_an_expiry_that_is_not_a_finite_number_gets_a_400(hub, service, expires_at, expected):
+    body = json.dumps(lease_body("carol", profile="cpu", expires_at=expires_at))  # NaN, Infinity
+    response = service.post(hub.api + "leases", data=body, timeout=10)
+    assert expected in assert_json_error(response, 400)["message"]
 
 
 def test_a_body_that_is_not_json_gets_a_400(hub, service):

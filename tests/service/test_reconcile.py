@@ -8,7 +8,8 @@ import uuid
 import pytest
 
 from spawner.core.units import GPUShare, Lease, Placement, SliceRequest, WorkloadClass
-from spawner.service.reconcile import server_of, stale_leases
+from spawner.service.lease_request import expiring_holder, holder_expiry, holder_label
+from spawner.service.reconcile import expired_leases, server_of, stale_leases, unchecked_leases
 
 from .servicehub import ServiceHub
 
@@ -32,6 +33,25 @@ def test_only_notebook_server_leases_are_reconciled():
     assert server_of(lease("job-17")) is None
     assert server_of(lease("bob/", user="alice")) is None
     assert server_of(lease("alice/", workload=WorkloadClass.batch)) is None
+
+
+def test_an_expiry_is_kept_in_the_holder_and_read_back():
+    holder = expiring_holder("maintenance", 1_900_000_000.2)
+    assert holder == "maintenance until 2030-03-17T17:46:41Z"  # rounded up, never earlier
+    assert (holder_label(holder), holder_expiry(holder)) == ("maintenance", 1_900_000_001)
+    assert (holder_label("alice/"), holder_expiry("alice/")) == ("alice/", None)
+    assert server_of(lease(expiring_holder("alice/big", 10))) == ("alice", "big")
+
+
+def test_expired_leases_are_released_and_leases_nothing_would_release_are_reported():
+    expired = lease(expiring_holder("maintenance", 50))
+    later = lease(expiring_holder("maintenance", 500))
+    server = lease("alice/")
+    forever = lease("forever")
+    job = lease(expiring_holder("job-1", 50), workload=WorkloadClass.batch)
+    everything = [expired, later, server, forever, job]
+    assert expired_leases(everything, now=100.0) == [expired]
+    assert unchecked_leases(everything) == [forever]
 
 
 def test_stale_leases_are_those_of_missing_servers_past_the_grace():
@@ -74,7 +94,14 @@ def test_the_service_releases_the_lease_of_a_server_the_hub_does_not_have(quick_
         "holder": "alice/",
         "request": {"milli_gpu": 125},
     }
-    job = {"lease_id": uuid.uuid4().hex, "user": "alice", "holder": "job-1", "request": {"milli_gpu": 125}}
+    # Not a server: kept until its expiry, whatever the hub's servers.
+    job = {
+        "lease_id": uuid.uuid4().hex,
+        "user": "alice",
+        "holder": "job-1",
+        "expires_at": time.time() + 3600,
+        "request": {"milli_gpu": 125},
+    }
     for body in (orphan, job):
         assert service.post(hub.api + "leases", json=body, timeout=10).status_code == 201
     deadline = time.monotonic() + 30

@@ -10,6 +10,9 @@ JupyterHub option that can be overridden in a config file loaded after this one.
   ``GPUSLICE_PASSWORD`` (8+ characters), or one is generated into ``var/quickstart-password``
   and printed at start-up. Real deployments set ``c.JupyterHub.authenticator_class`` to their
   own (OAuth, LDAP, PAM) in a config file of their own.
+- ``GPUSLICE_SPAWNER=gpuslice-local``: the shared GPU server (the hub as root, servers and jobs as
+  the users' own system accounts, who log in with their system passwords through PAM); see the
+  README's "A shared GPU server" and ``deploy/``.
 """
 
 import os
@@ -50,12 +53,21 @@ def quickstart_password() -> str:
     return password_file.read_text().strip()
 
 
-c.JupyterHub.authenticator_class = "shared-password"
-c.SharedPasswordAuthenticator.user_password = quickstart_password()
+SPAWNER = os.environ.get("GPUSLICE_SPAWNER", "gpuslice-local-simple")
+SHARED_SERVER = SPAWNER == "gpuslice-local"
+"""Servers and jobs run as the users' own system accounts (README, "A shared GPU server")."""
+
 c.Authenticator.allow_all = True
 c.Authenticator.admin_users = set(filter(None, os.environ.get("GPUSLICE_ADMIN_USERS", "").split(",")))
-if c.Authenticator.admin_users:
-    c.SharedPasswordAuthenticator.admin_password = os.environ.get("GPUSLICE_ADMIN_PASSWORD")
+if SHARED_SERVER:
+    # The name one logs in with picks the system account the server and jobs run as, so it is
+    # proven with that account's own password (PAM); a shared password would hand out any account.
+    c.JupyterHub.authenticator_class = "pam"
+else:
+    c.JupyterHub.authenticator_class = "shared-password"
+    c.SharedPasswordAuthenticator.user_password = quickstart_password()
+    if c.Authenticator.admin_users:
+        c.SharedPasswordAuthenticator.admin_password = os.environ.get("GPUSLICE_ADMIN_PASSWORD")
 
 # Profiles and quotas: the dropdown's choices and the limits the service enforces (profiles/*.yaml).
 PROFILES_DIR = Path(os.environ.get("GPUSLICE_PROFILES_DIR", HERE / "profiles")).resolve()
@@ -72,13 +84,26 @@ def service_token() -> str:
     return token_file.read_text().strip()
 
 
-SPAWNER = os.environ.get("GPUSLICE_SPAWNER", "gpuslice-local-simple")
+JOB_FILES_DIR = STATE_DIR / "job-scripts"
+if SHARED_SERVER:
+    # Jobs run as their owners reach their own files under the state directory; nothing else in
+    # it is theirs to read (the ledger holds every job's cell and data).
+    from spawner.hub.local import prepare_shared_state_dir
+
+    for blocked in prepare_shared_state_dir(STATE_DIR, JOB_FILES_DIR, [c.JupyterHub.db_url, LEDGER_URL]):
+        print(
+            f"gpuslice: jobs cannot reach their files in {STATE_DIR}: other accounts cannot pass "
+            f"through {blocked}; chmod o+x it, or set GPUSLICE_STATE_DIR elsewhere",
+            file=sys.stderr,
+        )
 
 
 def service_executor_args() -> list[str]:
     """Batch jobs run as the same account as their owner's notebook server: their own with
     "gpuslice-local" (servers as system users), the hub's with the quick start's spawner."""
-    return ["--LocalExecutor.run_as_owner=True"] if SPAWNER == "gpuslice-local" else []
+    if not SHARED_SERVER:
+        return []
+    return ["--LocalExecutor.run_as_owner=True", f"--JobService.scripts_dir={JOB_FILES_DIR}"]
 
 
 def service_inventory_args() -> list[str]:
@@ -167,7 +192,7 @@ if os.environ.get("GPUSLICE_GROUPS"):
 
 # Servers are local processes, each holding a GPU slice leased from the service. The quick start
 # runs them as the hub's own user; a shared server running the hub as root uses "gpuslice-local"
-# to run each as the user's own account.
+# to run each as the user's own account, and its jobs too.
 c.JupyterHub.spawner_class = SPAWNER
 c.Spawner.default_url = "/lab"
 # The server's own token ($JUPYTERHUB_API_TOKEN, which %%submit and `gpuslice jobs` use inside
@@ -194,8 +219,15 @@ c.Spawner.start_timeout = max(c.Spawner.http_timeout + 30, 120)
 # hub no longer has (the hub stops its services before its servers, so those cannot release).
 c.JupyterHub.cleanup_servers = os.environ.get("GPUSLICE_KEEP_SERVERS", "0") != "1"
 
-print(
-    f"gpuslice quick start: open {c.JupyterHub.bind_url} and log in with any user name and the "
-    f"password in {STATE_DIR / 'quickstart-password'} (or $GPUSLICE_PASSWORD)",
-    file=sys.stderr,
-)
+if SHARED_SERVER:
+    print(
+        f"gpuslice shared server: open {c.JupyterHub.bind_url} and log in with your system account's "
+        "name and password",
+        file=sys.stderr,
+    )
+else:
+    print(
+        f"gpuslice quick start: open {c.JupyterHub.bind_url} and log in with any user name and the "
+        f"password in {STATE_DIR / 'quickstart-password'} (or $GPUSLICE_PASSWORD)",
+        file=sys.stderr,
+    )

@@ -23,8 +23,10 @@ def free_port() -> int:
 class HubProcess:
     """``jupyterhub -f hub_config.py`` in a state directory of its own, stopped on close."""
 
-    def __init__(self, state_dir: Path, extra_env: dict[str, str] | None = None):
+    def __init__(self, state_dir: Path, extra_env: dict[str, str] | None = None, bin_dir: Path | None = None):
         self.state_dir = state_dir
+        self.bin_dir = bin_dir or Path(sys.executable).parent
+        """Where ``jupyterhub`` is: this interpreter's environment unless told (the shared server's)."""
         self.url = f"http://127.0.0.1:{free_port()}"
         self.password = "quickstart-test-password"
         self.env = {
@@ -60,7 +62,7 @@ class HubProcess:
 
     def start(self, timeout: float = 60) -> HubProcess:
         log = open(self.log_path, "ab")
-        jupyterhub = Path(sys.executable).with_name("jupyterhub")
+        jupyterhub = self.bin_dir / "jupyterhub"
         self.process = subprocess.Popen(
             [str(jupyterhub), "-f", str(REPO_ROOT / "hub_config.py")],
             cwd=self.state_dir,

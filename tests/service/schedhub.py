@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from .jobhub import get_job, hold_the_dev_gpu
-from .servicehub import HERE, ServiceHub
+from .servicehub import HERE, ServiceHub, quotas_yaml
 
 FAST_SCHEDULER_ARGS = [
     "--LeaseReconciler.grace_seconds=3600",
@@ -23,6 +23,19 @@ FAST_SCHEDULER_ARGS = [
     "--JobService.cancel_grace_seconds=2",
     "--JobService.log_follow_seconds=3",
 ]
+
+BORROWING_QUOTAS = quotas_yaml(
+    """\
+    researchers:
+      batch:
+        borrow_gpus: 4
+    students:
+      batch:
+        borrow_gpus: 4
+"""
+)
+"""Researchers and students with no batch guarantee and 4 GPUs each to borrow: equal weights, so
+only their decayed usage orders them."""
 
 CHECKPOINTS = """\
 import pathlib, signal, sys, time

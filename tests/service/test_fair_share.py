@@ -15,21 +15,11 @@ import signal
 import pytest
 
 from .jobhub import FINAL, get_job, submit, wait_for
-from .schedhub import SLEEPS, cancel, start_sched_hub, wait_until
-from .servicehub import quotas_yaml
+from .schedhub import BORROWING_QUOTAS, SLEEPS, cancel, start_sched_hub, wait_until
 
 pytestmark = pytest.mark.slow
 
-QUOTAS = quotas_yaml(
-    """\
-    researchers:
-      batch:
-        borrow_gpus: 4
-    students:
-      batch:
-        borrow_gpus: 4
-"""
-)
+QUOTAS = BORROWING_QUOTAS
 
 WORKS_A_WHILE = """\
 import time

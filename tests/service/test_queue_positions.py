@@ -12,21 +12,11 @@ from __future__ import annotations
 import pytest
 
 from .jobhub import get_job, submit, wait_for
-from .schedhub import SLEEPS, cancel, start_sched_hub, wait_until
-from .servicehub import quotas_yaml
+from .schedhub import BORROWING_QUOTAS, SLEEPS, cancel, start_sched_hub, wait_until
 
 pytestmark = pytest.mark.slow
 
-QUOTAS = quotas_yaml(
-    """\
-    researchers:
-      batch:
-        borrow_gpus: 4
-    students:
-      batch:
-        borrow_gpus: 4
-"""
-)
+QUOTAS = BORROWING_QUOTAS
 
 USERS = ("alice", "bob", "carol")
 PRIORITIES = ("high", "normal", "low", "normal")

@@ -13,30 +13,13 @@ import threading
 
 import pytest
 from integration.hubprocess import HubProcess, free_port
+from service.schedhub import CHECKPOINTS
 
 from .conftest import ADMIN, ADMIN_PASSWORD, Hub, Jobs, small_quota_profiles
 
 pytestmark = pytest.mark.slow
 
 SLICE = "a100-1-8"
-
-CHECKPOINTS = """\
-import pathlib, signal, sys, time
-checkpoint = pathlib.Path({checkpoint!r})
-if checkpoint.exists():
-    print("resumed from", checkpoint.read_text(), flush=True)
-    sys.exit(0)
-
-def save_and_leave(signum, frame):
-    checkpoint.write_text("step 3")
-    print("checkpoint saved", flush=True)
-    sys.exit(0)
-
-signal.signal(signal.SIGTERM, save_and_leave)
-print("training", flush=True)
-for _ in range(6000):
-    time.sleep(0.1)
-"""
 
 IGNORES_SIGTERM = """\
 import signal, time
@@ -90,7 +73,7 @@ def test_a_job_queues_runs_on_the_borrowed_dev_gpu_and_yields_it_to_a_slice(hub)
     assert gpu["pools"] == ["dev"]
     bob = Jobs(hub, "bob")
     checkpoint = hub.process.state_dir / "bob-checkpoint"
-    job = bob.submit("borrower", CHECKPOINTS.format(checkpoint=str(checkpoint)))
+    job = bob.submit("borrower", CHECKPOINTS.format(checkpoint=str(checkpoint), hold=""))
     assert job["state"] == "queued"  # accepted: only dev GPUs could ever hold it, and they may
 
     running = bob.wait_for(job["id"], ("running",))
@@ -112,7 +95,7 @@ def test_a_job_queues_runs_on_the_borrowed_dev_gpu_and_yields_it_to_a_slice(hub)
     assert hub.api("DELETE", "users/alice/server").status_code in (202, 204)
     hub.wait_gone("alice")
     assert bob.wait_for(job["id"], ("succeeded", "failed"))["state"] == "succeeded"
-    assert "resumed from step 3" in bob.log(job["id"])
+    assert "resumed from step 42" in bob.log(job["id"])
 
 
 def test_cancelling_a_job_that_takes_its_whole_grace_holds_up_no_spawn(hub):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spawner.core.placement import POLICIES, UnknownPolicyError
+from spawner.core.text import escape_controls
 
 if TYPE_CHECKING:
     from spawner.hub.profiles import ProfileSet
@@ -183,13 +184,23 @@ def _client(args: argparse.Namespace):
     return GPUSliceClient(service_url=args.service_url)
 
 
+def printable(value: object) -> str:
+    """``value`` as text with its control characters escaped (``\\x1b``, ``\\n``): what other users
+    wrote (a job's name, a reason) is shown, but never drives the terminal (escape sequences that
+    move the cursor, recolour or retitle it) nor breaks the table into lines of its own."""
+    return escape_controls(str(value))
+
+
 def _job_line(job: dict) -> str:
     gpus = f"{job.get('gpus', 0)} GPU"
-    return f"{job['id']}  {job['state']:<10} {gpus:<7} {job.get('priority', ''):<7} {job.get('name', '')}"
+    job_id, state, priority, name = (
+        printable(job.get(field, "")) for field in ("id", "state", "priority", "name")
+    )
+    return f"{job_id}  {state:<10} {gpus:<7} {priority:<7} {name}"
 
 
 def _jobs_submit(args: argparse.Namespace) -> int:
-    from spawner.client import TERMINAL_STATES, job_state
+    from spawner.client import TERMINAL_STATES, job_state, new_idempotency_key
 
     path = Path(args.file)
     try:
@@ -198,8 +209,20 @@ def _jobs_submit(args: argparse.Namespace) -> int:
         print(f"gpuslice jobs submit: cannot read {path}: {error.strerror or error}", file=sys.stderr)
         return 2
     client = _client(args)
+
+    def retrying(error, delay_s: float) -> None:
+        # The service may have stored the job already: the same key makes the next send answer it.
+        print(
+            f"gpuslice jobs submit: no answer ({printable(error)}); sending it again in {delay_s:g} s"
+            " (under the same idempotency key, so it is queued once)",
+            file=sys.stderr,
+        )
+
     job = client.submit(
         script,
+        # One key for this submission and every resend of it (see spawner.client).
+        idempotency_key=new_idempotency_key(),
+        on_retry=retrying,
         name=args.name or path.name,
         gpus=args.gpus,
         priority=args.priority,
@@ -255,7 +278,7 @@ def _jobs_logs(args: argparse.Namespace) -> int:
 def _jobs_cancel(args: argparse.Namespace) -> int:
     answer = _client(args).cancel(args.id)
     job = answer.get("job", answer)
-    print(f"{job['id']} {job['state']}")
+    print(f"{printable(job['id'])} {printable(job['state'])}")
     return 0
 
 
@@ -339,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     except ServiceError as error:
         # The service's own sentence (quota, bad request, not found), never a traceback.
-        print(f"gpuslice {args.command}: {error}", file=sys.stderr)
+        print(f"gpuslice {args.command}: {printable(error)}", file=sys.stderr)
         return 1
     return 2
 

@@ -4,6 +4,11 @@ Inside a server started by our spawners, ``JUPYTERHUB_API_TOKEN`` and ``GPUSLICE
 in the environment, so ``GPUSliceClient()`` needs no arguments. Every refusal of the service
 becomes a :class:`ServiceError` carrying the service's own sentence, so callers print what the
 service said rather than a traceback.
+
+A submission is sent with a fresh ``Idempotency-Key`` and sent again, under the same key, when its
+answer is lost: the service could not be reached, the connection broke or timed out, or the proxy
+answered 502, 503 or 504 (the service restarting). The service answers a key it has seen with the
+job the first submission created, so a retry never queues a job twice.
 """
 
 from __future__ import annotations
@@ -11,27 +16,57 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import requests
 
 TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+RETRY_STATUSES = frozenset({502, 503, 504})
+"""What the proxy answers while the service restarts: the request may have been stored, or not."""
+SUBMIT_RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+"""Waits between the sends of one submission: about a minute in all, longer than the hub takes to
+start a service that died again (it looks every 30 s)."""
 
 
 class ServiceError(RuntimeError):
-    """The service refused a call, or could not be reached; ``str()`` is the sentence to show."""
+    """The service refused a call, or could not be reached; ``str()`` is the sentence to show.
 
-    def __init__(self, message: str, status: int | None = None, body: Any = None):
+    ``retryable``: the answer was lost rather than given (no connection, a timeout, or the proxy's
+    502/503/504), so the same request may be sent again (a submission under the same key).
+    """
+
+    def __init__(self, message: str, status: int | None = None, body: Any = None, retryable: bool = False):
         super().__init__(message)
         self.status = status
         self.body = body
+        self.retryable = retryable or status in RETRY_STATUSES
+
+
+RetryNotice = Callable[[ServiceError, float], None]
+"""Told of a lost answer before the submission is sent again: the error, and the wait in seconds."""
+
+ANSWER_LOST = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+"""Failures of a request after which its answer is unknown (it may have reached the service)."""
+
+
+def new_idempotency_key() -> str:
+    """A fresh key for one submission (and all the retries of it)."""
+    return str(uuid.uuid4())
 
 
 class GPUSliceClient:
     """Calls the service's API v1 with a JupyterHub token."""
 
-    def __init__(self, service_url: str | None = None, token: str | None = None, timeout: float = 30.0):
+    def __init__(
+        self,
+        service_url: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        retry_delays_s: Sequence[float] = SUBMIT_RETRY_DELAYS_S,
+    ):
         service_url = service_url or os.environ.get("GPUSLICE_SERVICE_URL", "")
         token = token or os.environ.get("JUPYTERHUB_API_TOKEN", "")
         if not service_url:
@@ -43,6 +78,7 @@ class GPUSliceClient:
             raise ServiceError("JUPYTERHUB_API_TOKEN is not set: a JupyterHub API token is needed")
         self.api = service_url.rstrip("/") + "/api/v1/"
         self.timeout = timeout
+        self.retry_delays_s = tuple(retry_delays_s)
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"token {token}"
 
@@ -55,7 +91,8 @@ class GPUSliceClient:
         except requests.RequestException as error:
             raise ServiceError(
                 f"the gpuslice service at {self.api} cannot be reached ({type(error).__name__}); "
-                "it may be restarting: try again in a minute, or ask your admin"
+                "it may be restarting: try again in a minute, or ask your admin",
+                retryable=isinstance(error, ANSWER_LOST),
             ) from None
         if response.status_code >= 400:
             try:
@@ -88,14 +125,52 @@ class GPUSliceClient:
 
     # ------------------------------------------------------------------ jobs
 
-    def submit(self, script: str, *, name: str, **options: Any) -> dict[str, Any]:
-        """Queue a Python script; ``options`` are :meth:`submit_body`'s."""
-        return self.call("POST", "jobs", json=self.submit_body({"script": script}, name=name, **options))
+    def submit(
+        self,
+        script: str,
+        *,
+        name: str,
+        idempotency_key: str | None = None,
+        on_retry: RetryNotice | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Queue a Python script; ``options`` are :meth:`submit_body`'s, the rest :meth:`post_job`'s."""
+        body = self.submit_body({"script": script}, name=name, **options)
+        return self.post_job(body, idempotency_key=idempotency_key, on_retry=on_retry)
 
-    def submit_cell(self, payload: bytes, *, python: str, name: str, **options: Any) -> dict[str, Any]:
+    def submit_cell(
+        self,
+        payload: bytes,
+        *,
+        python: str,
+        name: str,
+        idempotency_key: str | None = None,
+        on_retry: RetryNotice | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
         """Queue a cell packed by ``%%submit`` (the payload bytes as the magic made them)."""
         cell = {"payload": base64.b64encode(payload).decode("ascii"), "python": python}
-        return self.call("POST", "jobs", json=self.submit_body({"cell": cell}, name=name, **options))
+        body = self.submit_body({"cell": cell}, name=name, **options)
+        return self.post_job(body, idempotency_key=idempotency_key, on_retry=on_retry)
+
+    def post_job(
+        self, body: dict[str, Any], *, idempotency_key: str | None = None, on_retry: RetryNotice | None = None
+    ) -> dict[str, Any]:
+        """``POST jobs`` under an idempotency key (a fresh one unless given), sent again under the
+        same key while the answer is lost (:attr:`ServiceError.retryable`), after each of
+        ``retry_delays_s``; ``on_retry(error, delay_s)`` is told before each wait. The answer is
+        the job, whichever send stored it."""
+        headers = {IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()}
+        for delay_s in (*self.retry_delays_s, None):
+            try:
+                return self.call("POST", "jobs", json=body, headers=headers)
+            except ServiceError as error:
+                if delay_s is None or not error.retryable:
+                    raise
+                if on_retry is not None:
+                    on_retry(error, delay_s)
+                time.sleep(delay_s)
+        raise AssertionError("unreachable: the last send raises or returns")
 
     @staticmethod
     def submit_body(

@@ -17,6 +17,19 @@ once its process is gone (``spawner.service.jobs``), so its GPUs are never lent 
 
 Each transition, and the submission itself (from no state to ``queued``), is one row of
 ``job_events`` with its time and reason.
+
+A submission may carry an idempotency key (:meth:`JobStore.submit_checked`): the same key from the
+same owner answers the job it created the first time, so a client retrying after a lost answer
+creates nothing twice. The key, the owner's limits (queued jobs, payload bytes of unfinished
+jobs) and the new job are checked and written in one transaction under the allocator lock, so
+concurrent submissions can neither pass a limit together nor both use one key. A job's payload is
+what it needs to start (again): once it has ended it is dropped from the row (set to ``""``), so
+the database holds the scripts and cells of unfinished jobs only; its provenance stays.
+
+A job is ``running`` only once its process has started. A start that a crash of the service cut
+short before that leaves the job ``queued``; the next service undoes what the start had done
+(:meth:`JobStore.undo_launch` forgets its grant, see ``spawner.service.launches``) and starts it
+again under the same run id.
 """
 
 from __future__ import annotations
@@ -31,7 +44,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..core.scheduler import BatchJob, Priority
-from .models import JobEventRow, JobRow
+from .models import JobEventRow, JobRow, JobSubmissionRow, LeaseRow
 from .store import Ledger
 
 JOB_ID_PREFIX = "job-"
@@ -49,6 +62,8 @@ class JobState(str, enum.Enum):
 
 
 FINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
+UNFINISHED_STATES = frozenset({JobState.queued, JobState.running, JobState.preempted})
+"""The states whose jobs still keep their payload, and count against their owner's storage limit."""
 
 LEGAL_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     JobState.queued: frozenset({JobState.running, JobState.cancelled, JobState.failed}),
@@ -212,6 +227,46 @@ class JobEvent:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class SubmissionLimits:
+    """What one owner may have waiting at once; 0 leaves a figure unbounded."""
+
+    max_queued_jobs: int = 0
+    """Jobs in state ``queued``, the new one included."""
+    max_payload_bytes: int = 0
+    """Payload bytes (scripts, cells) of the owner's unfinished jobs, the new one included."""
+
+
+@dataclass(frozen=True)
+class SubmissionUsage:
+    """What one owner has waiting now, as :class:`SubmissionLimits` counts it."""
+
+    queued_jobs: int
+    payload_bytes: int
+
+
+@dataclass(frozen=True)
+class SubmissionRefusal:
+    """Why a submission was not queued: ``rule`` is ``"idempotency_key"`` (the key was used for
+    another body), ``"max_queued_jobs"`` or ``"max_payload_bytes"``; ``limit`` and ``usage`` are
+    the figures of a limit (usage before this job), ``job_id`` the job a reused key names."""
+
+    rule: str
+    limit: int = 0
+    usage: int = 0
+    job_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What :meth:`JobStore.submit_checked` did: queued ``record`` (``created``), found the job an
+    earlier submission under the same key created (``record``, not ``created``), or refused."""
+
+    record: JobRecord | None = None
+    created: bool = False
+    refusal: SubmissionRefusal | None = None
+
+
 JOB_COLUMNS = tuple(attribute.columns[0].label(attribute.key) for attribute in JobRow.__mapper__.column_attrs)
 """Every column of a job, labelled with its attribute's name, for reads that need no ORM object."""
 
@@ -229,52 +284,91 @@ class JobStore:
 
     def submit(self, spec: JobSpec, now: float | None = None) -> JobRecord:
         """Queue a new job under a fresh id, and record its submission as its first event."""
+        return self.ledger._write(
+            lambda session: _insert(session, self.ledger._now(now), spec, None, None, None)
+        )
+
+    def submit_checked(
+        self,
+        spec: JobSpec,
+        *,
+        idempotency_key: str | None = None,
+        body_sha256: str | None = None,
+        payload_bytes: int | None = None,
+        limits: SubmissionLimits = SubmissionLimits(),
+        now: float | None = None,
+    ) -> Submission:
+        """Queue ``spec`` unless its key was used before or its owner's limits refuse it.
+
+        One write transaction, under the allocator lock, does it all: a key the owner used before
+        answers the job it created then (or a refusal if ``body_sha256`` differs); else the
+        owner's queued jobs and the payload bytes of their unfinished jobs are counted with this
+        one and checked against ``limits``; else the job, its first event and its submission row
+        are written. Concurrent submissions are serialised by the lock, so they cannot pass a
+        limit together, and a key is used once. ``payload_bytes`` defaults to the stored
+        payload's UTF-8 size.
+        """
+        size = _utf8_size(spec.payload) if payload_bytes is None else payload_bytes
+
+        def work(session: Session) -> Submission:
+            if idempotency_key is not None:
+                earlier = _submission_under(session, spec.owner, idempotency_key)
+                if earlier is not None:
+                    return _answer_retry(session, earlier, body_sha256)
+            usage = _usage_of(session, spec.owner)
+            refusal = _over_limits(limits, usage, size)
+            if refusal is not None:
+                return Submission(refusal=refusal)
+            at = self.ledger._now(now)
+            record = _insert(session, at, spec, idempotency_key, body_sha256, size)
+            return Submission(record=record, created=True)
+
+        return self.ledger._write(work)
+
+    def find_submission(
+        self, owner: str, idempotency_key: str, body_sha256: str | None = None
+    ) -> Submission | None:
+        """What an earlier submission of ``owner`` under ``idempotency_key`` came to, None if there
+        was none: its job (not ``created``), or the refusal of a different body, as
+        :meth:`submit_checked` would answer. A read, so that a retry is answered before anything
+        else is checked; ``submit_checked`` looks again under the lock."""
+
+        def work(session: Session) -> Submission | None:
+            earlier = _submission_under(session, owner, idempotency_key)
+            return None if earlier is None else _answer_retry(session, earlier, body_sha256)
+
+        return self.ledger._read(work)
+
+    def usage(self, owner: str) -> SubmissionUsage:
+        """What ``owner`` has waiting now: queued jobs, and payload bytes of unfinished jobs."""
+        return self.ledger._read(lambda session: _usage_of(session, owner))
+
+    def undo_launch(self, job_id: str, lease_id: str, reason: str, now: float | None = None) -> JobRecord:
+        """Forget the grant of a run that never started, and say so in the job's events.
+
+        A service that crashed while it started a job leaves the job ``queued`` with its next
+        run's lease granted (and maybe released since), although no process ever ran. The job is
+        still queued and starts again under the same run id; a lease id names one grant, so that
+        grant is removed from the ledger here. Nothing ran on it, so nothing is owed: the
+        GPU-seconds of a released one were charged already, a live one charges none. Only the
+        lease of the run the job would start next may be undone, and only while it is queued.
+        """
 
         def work(session: Session) -> JobRecord:
-            created_at = self.ledger._now(now)
-            job_id = _new_job_id(session)
-            row = JobRow(
-                id=job_id,
-                owner=spec.owner,
-                group=spec.group,
-                name=spec.name,
-                payload_kind=spec.payload_kind,
-                payload=spec.payload,
-                workdir=spec.workdir,
-                environment=dict(spec.environment),
-                image=spec.image,
-                gpus=spec.gpus,
-                gpu_models=list(spec.gpu_models),
-                cpu_milli=spec.cpu_milli,
-                memory_mib=spec.memory_mib,
-                priority=str(spec.priority),
-                time_limit_s=float(spec.time_limit_s),
-                state=JobState.queued.value,
-                created_at=created_at,
-                started_at=None,
-                ended_at=None,
-                exit_code=None,
-                reason="submitted",
-                lease_id=None,
-                node=None,
-                gpu_uuids=[],
-                pool=None,
-                borrowed=False,
-                attempts=0,
-                provenance=dict(spec.provenance),
-            )
-            session.add(row)
-            session.flush()  # the job before its event, which refers to it
-            session.add(
-                JobEventRow(
-                    job_id=job_id,
-                    number=0,
-                    at=created_at,
-                    from_state=None,
-                    to_state=row.state,
-                    reason="submitted",
+            row = session.get(JobRow, job_id)
+            if row is None:
+                raise UnknownJobError(f"no job {job_id!r}")
+            if row.state != JobState.queued.value or lease_id != f"{job_id}-{row.attempts + 1}":
+                raise JobStateError(
+                    f"job {job_id} is {row.state} at attempt {row.attempts}: {lease_id} is not the run it"
+                    " would start next, so its launch is not undone"
                 )
-            )
+            lease = session.get(LeaseRow, lease_id)
+            if lease is not None:
+                if lease.holder != job_id:
+                    raise JobStateError(f"lease {lease_id} is held by {lease.holder}, not by job {job_id}")
+                session.delete(lease)
+            _add_event(session, job_id, self.ledger._now(now), row.state, row.state, reason)
             session.flush()
             return JobRecord.from_row(row)
 
@@ -288,7 +382,7 @@ class JobStore:
         ``run_fields`` are among ``RUN_FIELDS``. What follows from the state is filled in unless
         given: on ``running`` the start time (and one more attempt counted); on a final state the
         end time; back to ``queued`` the previous run's lease and placement are cleared, since a
-        queued job holds nothing.
+        queued job holds nothing. A final state also drops the payload (see the module's docstring).
         """
         target = _state(to_state)
         unknown = sorted(set(run_fields) - set(RUN_FIELDS))
@@ -314,17 +408,9 @@ class JobStore:
             for name, value in updates.items():
                 setattr(row, name, value)
             row.state, row.reason = target.value, reason
-            number = session.scalar(select(func.count()).where(JobEventRow.job_id == job_id))
-            session.add(
-                JobEventRow(
-                    job_id=job_id,
-                    number=number,
-                    at=at,
-                    from_state=source.value,
-                    to_state=target.value,
-                    reason=reason,
-                )
-            )
+            if target in FINAL_STATES:
+                row.payload = ""  # it never starts again; the database keeps unfinished jobs' payloads only
+            _add_event(session, job_id, at, source.value, target.value, reason)
             session.flush()
             return JobRecord.from_row(row)
 
@@ -430,9 +516,124 @@ def _implied_fields(target: JobState, at: float) -> dict[str, Any]:
     return {}
 
 
+def _insert(
+    session: Session,
+    created_at: float,
+    spec: JobSpec,
+    idempotency_key: str | None,
+    body_sha256: str | None,
+    payload_bytes: int | None,
+) -> JobRecord:
+    """Write a new queued job, its first event and its submission row; the caller holds the lock."""
+    job_id = _new_job_id(session)
+    row = JobRow(
+        id=job_id,
+        owner=spec.owner,
+        group=spec.group,
+        name=spec.name,
+        payload_kind=spec.payload_kind,
+        payload=spec.payload,
+        workdir=spec.workdir,
+        environment=dict(spec.environment),
+        image=spec.image,
+        gpus=spec.gpus,
+        gpu_models=list(spec.gpu_models),
+        cpu_milli=spec.cpu_milli,
+        memory_mib=spec.memory_mib,
+        priority=str(spec.priority),
+        time_limit_s=float(spec.time_limit_s),
+        state=JobState.queued.value,
+        created_at=created_at,
+        started_at=None,
+        ended_at=None,
+        exit_code=None,
+        reason="submitted",
+        lease_id=None,
+        node=None,
+        gpu_uuids=[],
+        pool=None,
+        borrowed=False,
+        attempts=0,
+        provenance=dict(spec.provenance),
+    )
+    session.add(row)
+    session.flush()  # the job before its event and submission, which refer to it
+    _add_event(session, job_id, created_at, None, row.state, "submitted")
+    session.add(
+        JobSubmissionRow(
+            job_id=job_id,
+            owner=spec.owner,
+            idempotency_key=idempotency_key,
+            body_sha256=body_sha256,
+            payload_bytes=_utf8_size(spec.payload) if payload_bytes is None else payload_bytes,
+            created_at=created_at,
+        )
+    )
+    session.flush()
+    return JobRecord.from_row(row)
+
+
+def _add_event(
+    session: Session, job_id: str, at: float, from_state: str | None, to_state: str, reason: str
+) -> None:
+    """One more event of the job, numbered after its earlier ones (under the allocator lock)."""
+    number = session.scalar(select(func.count()).where(JobEventRow.job_id == job_id))
+    session.add(
+        JobEventRow(
+            job_id=job_id, number=number, at=at, from_state=from_state, to_state=to_state, reason=reason
+        )
+    )
+
+
+def _submission_under(session: Session, owner: str, idempotency_key: str) -> JobSubmissionRow | None:
+    return session.scalar(
+        select(JobSubmissionRow).where(
+            JobSubmissionRow.owner == owner, JobSubmissionRow.idempotency_key == idempotency_key
+        )
+    )
+
+
+def _answer_retry(session: Session, earlier: JobSubmissionRow, body_sha256: str | None) -> Submission:
+    """The job an earlier submission under the same key created, or the refusal of another body."""
+    if body_sha256 is not None and earlier.body_sha256 is not None and body_sha256 != earlier.body_sha256:
+        return Submission(refusal=SubmissionRefusal("idempotency_key", job_id=earlier.job_id))
+    return Submission(record=JobRecord.from_row(session.get(JobRow, earlier.job_id)), created=False)
+
+
+def _over_limits(
+    limits: SubmissionLimits, usage: SubmissionUsage, payload_bytes: int
+) -> SubmissionRefusal | None:
+    """The limit a new job of ``payload_bytes`` would pass, given what its owner has waiting."""
+    if limits.max_queued_jobs and usage.queued_jobs + 1 > limits.max_queued_jobs:
+        return SubmissionRefusal("max_queued_jobs", limits.max_queued_jobs, usage.queued_jobs)
+    if limits.max_payload_bytes and usage.payload_bytes + payload_bytes > limits.max_payload_bytes:
+        return SubmissionRefusal("max_payload_bytes", limits.max_payload_bytes, usage.payload_bytes)
+    return None
+
+
+def _usage_of(session: Session, owner: str) -> SubmissionUsage:
+    """The owner's queued jobs, and the payload bytes of their unfinished jobs (for a job queued
+    before submissions were recorded, the length of its stored payload)."""
+    queued = session.scalar(
+        select(func.count()).where(JobRow.owner == owner, JobRow.state == JobState.queued.value)
+    )
+    size = func.coalesce(JobSubmissionRow.payload_bytes, func.length(JobRow.payload))
+    payload_bytes = session.scalar(
+        select(func.coalesce(func.sum(size), 0))
+        .select_from(JobRow)
+        .outerjoin(JobSubmissionRow, JobSubmissionRow.job_id == JobRow.id)
+        .where(JobRow.owner == owner, JobRow.state.in_([state.value for state in UNFINISHED_STATES]))
+    )
+    return SubmissionUsage(int(queued or 0), int(payload_bytes or 0))
+
+
 def _new_job_id(session: Session) -> str:
     """A fresh id: 48 random bits, drawn again in the unlikely case that it is taken."""
     while True:
         job_id = JOB_ID_PREFIX + secrets.token_hex(6)
         if session.get(JobRow, job_id) is None:
             return job_id
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))

@@ -11,7 +11,7 @@ and is reported until its holder releases it. Times are Unix seconds as floats, 
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ..core.units import GPU, GPUShare, Lease, Node, Placement, SliceRequest, WorkloadClass
@@ -281,3 +281,34 @@ class JobEventRow(Base):
     from_state: Mapped[str | None] = mapped_column(String(16))
     to_state: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(Text)
+
+
+class JobSubmissionRow(Base):
+    """How one job was submitted: by whom, under which idempotency key, and how big its payload was.
+
+    A table of its own, not columns of ``jobs``: the ledger has no migrations (``create_schema``
+    only creates missing tables), so a ledger written before this table existed gains it on the
+    next start, and its older jobs simply have no row. Written in the transaction that queues the
+    job, so a key never names a job that was not stored, nor a stored job two keys.
+
+    ``idempotency_key`` is the client's (``Idempotency-Key`` of ``POST jobs``), unique per owner
+    and NULL for a submission without one; ``body_sha256`` is the digest of the submission it
+    named, so that the same key with a different body is refused rather than answered with the
+    wrong job. ``payload_bytes`` is what the job's payload counts against its owner's storage
+    limit (the script's UTF-8 bytes, a cell's decoded bytes), kept here so the limit is a sum
+    over small rows rather than over the payloads themselves, and still known after the payload
+    of a finished job was dropped.
+    """
+
+    __tablename__ = "job_submissions"
+
+    job_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    owner: Mapped[str] = mapped_column(index=True)
+    idempotency_key: Mapped[str | None]
+    body_sha256: Mapped[str | None] = mapped_column(String(64))
+    payload_bytes: Mapped[int]
+    created_at: Mapped[float]
+
+    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_job_submissions_owner_key"),)

@@ -20,7 +20,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.display import display
 from traitlets import Int
 
-from spawner.client import GPUSliceClient, ServiceError
+from spawner.client import GPUSliceClient, ServiceError, new_idempotency_key
 
 from . import capture as capturing
 from .handle import JobFailed, JobHandle, elapsed_words, fetch_result
@@ -235,8 +235,18 @@ class SubmitMagics(Magics):
     ) -> JobHandle | None:
         """Show the manifest, queue the job, then follow it (live line, or blocking with --wait)."""
         print(f"%submit {name!r}: {manifest}", flush=True)
+
+        def retrying(error: ServiceError, delay_s: float) -> None:
+            self.refuse(
+                f"%submit: no answer from the service ({error}); sending the cell again in {delay_s:g} s"
+                " (under the same idempotency key: it is queued once)"
+            )
+
         answer = self.client.submit_cell(
             payload,
+            # One key for this submission and every resend of it (see spawner.client).
+            idempotency_key=new_idempotency_key(),
+            on_retry=retrying,
             python=platform.python_version(),
             name=name,
             gpus=options.gpus,

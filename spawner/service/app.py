@@ -14,11 +14,12 @@ import secrets
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuth
 from tornado import web
-from traitlets import Bool, Unicode, default
+from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
 from spawner.core.placement import POLICIES
@@ -27,11 +28,21 @@ from spawner.inventory import Inventory, InventoryConfigError, describe_pools
 from spawner.ledger import Ledger
 from spawner.ledger.jobs import JobStore
 
+from . import lifetime
 from .allocator import Allocator
+from .body_limit import ServiceWebApplication
 from .executor import LocalExecutor
-from .handlers import handlers
+from .handlers import NotFoundHandler, handlers
 from .hub_users import HubUserDirectory
+from .job_request import (
+    DEFAULT_MAX_TIME_LIMIT_S,
+    JobBodyError,
+    describe_duration,
+    parse_duration,
+)
 from .jobs import JobService
+from .lifetime import PidFile, ServiceAlreadyRunning
+from .log_filter import TORNADO_LOGS, EscapeControls
 from .pages import STATIC_DIR
 from .paths import state_dir
 from .reconcile import LeaseReconciler
@@ -136,7 +147,33 @@ class GPUSliceService(Application):
 
     pid_file = Unicode(
         "",
-        help="File to write the service's process id to while it runs (for tests and supervisors).",
+        help="""
+        File to write the service's process id to while it runs (for tests and supervisors). It is
+        also what keeps a second service off the same ledger: a service refuses to start while the
+        one named there is alive (it holds the file locked), and takes over a file whose service is
+        dead. See spawner/service/lifetime.py.
+        """,
+    ).tag(config=True)
+
+    stop_with_hub = Bool(
+        help="""
+        Stop when the process that started the service dies. On by default for a service the hub
+        started (it sets $JUPYTERHUB_SERVICE_NAME): a hub killed with SIGKILL then leaves no service
+        behind holding the port its successor's service needs. Turn it off only where something
+        else stops the service (an external service under systemd, say).
+        """,
+    ).tag(config=True)
+
+    @default("stop_with_hub")
+    def _default_stop_with_hub(self) -> bool:
+        return lifetime.started_by_a_hub()
+
+    hub_check_seconds = Float(
+        5.0,
+        help="""
+        How often (seconds) the service looks whether the hub that started it is still its parent,
+        for when the kernel's death signal could not tell it (stop_with_hub).
+        """,
     ).tag(config=True)
 
     cookie_secret_file = Unicode(
@@ -152,6 +189,50 @@ class GPUSliceService(Application):
     def _default_cookie_secret_file(self) -> str:
         return str(state_dir() / "gpuslice_cookie_secret")
 
+    max_body_bytes = Int(
+        None,
+        allow_none=True,
+        help="""
+        The largest request body (bytes) the service reads; a bigger one is answered 413 with a JSON
+        message from its headers alone, before any of it is read (and so never held in memory).
+
+        Default: room for the largest %%submit cell a job may carry (JobService.max_cell_payload_bytes,
+        which travels in base64, 4/3 of its size) and the largest script (JobService.max_payload_bytes),
+        plus 16 MiB for the rest of the body: 101 MiB with the default 64 MiB cell limit. Set it
+        explicitly only to go lower or higher than the jobs' own limits need.
+        """,
+    ).tag(config=True)
+
+    max_time_limit = Unicode(
+        describe_duration(DEFAULT_MAX_TIME_LIMIT_S),
+        help="""
+        The longest time limit a batch job may ask for ('30d', '12h' or seconds); a longer one is
+        refused at submission with a 400 that names this limit. Jobs that must run longer save
+        checkpoints and continue in a new job, so that no GPU is held past what an admin allows.
+        """,
+    ).tag(config=True)
+
+    def body_limit(self, jobs: JobService | None) -> int:
+        """``max_body_bytes``, or the default it describes for these jobs' limits."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        largest = max(jobs.max_cell_payload_bytes, jobs.max_payload_bytes) if jobs is not None else 0
+        return -(-largest * 4 // 3) + 16 * 2**20
+
+    @validate("max_time_limit")
+    def _valid_max_time_limit(self, proposal: dict[str, Any]) -> str:
+        # Checked when the configuration is read: 'inf' or '0' stops the service before it serves.
+        try:
+            parse_duration(proposal["value"])
+        except JobBodyError as error:
+            sentence = str(error).removeprefix("time_limit: ")
+            raise TraitError(f"GPUSliceService.max_time_limit: {sentence}") from None
+        return proposal["value"]
+
+    def max_time_limit_s(self) -> float:
+        """``max_time_limit`` in seconds."""
+        return parse_duration(self.max_time_limit)
+
     aliases = {
         "config": "GPUSliceService.config_file",
         "ledger-url": "GPUSliceService.ledger_url",
@@ -165,6 +246,11 @@ class GPUSliceService(Application):
             self.load_config_file(self.config_file)
             # The command line wins over the file, as in JupyterHub.
             self.update_config(self.cli_config)
+        # On the loggers, not their handlers: traitlets replaces the handlers when logging is
+        # reconfigured, and every part of the service logs through the application's logger.
+        escaping = EscapeControls()
+        for logger in (self.log, *(logging.getLogger(f"tornado.{name}") for name in TORNADO_LOGS)):
+            logger.addFilter(escaping)
         self.inventory = Inventory(parent=self)
         # HubOAuth, not HubAuth: API tokens work as before, and the web pages log people in
         # through the hub's OAuth, leaving a cookie that the pages' own API calls use too.
@@ -219,16 +305,28 @@ class GPUSliceService(Application):
             "admin_scope": self.admin_scope,
             "hub_admins_are_admins": self.hub_admins_are_admins,
         }
-        return web.Application(
+        return ServiceWebApplication(
             handlers(self.service_prefix, settings),
             jobs=jobs,
             cookie_secret=self.cookie_secret(),
             # The pages' script and style sheet, served by tornado's StaticFileHandler.
             static_path=str(STATIC_DIR),
             static_url_prefix=f"{self.service_prefix}static/",
+            # Every other path: a JSON 404, like every error of the service.
+            default_handler_class=NotFoundHandler,
+            default_handler_args={"prefix": self.service_prefix},
+            max_body_bytes=self.body_limit(jobs),
+            max_time_limit_s=self.max_time_limit_s(),
         )
 
     async def serve(self) -> None:
+        if not self.stop_with_hub:
+            lifetime.forget_the_hub()
+        elif lifetime.hub_is_gone():
+            self.log.critical("the hub that started this service is already gone; not starting")
+            self.exit(1)
+        # Before the ledger is touched: while another service runs on it, this one must not start.
+        self._write_pid_file()
         allocator = await self.prepare_allocator()
         url = urlparse(self.service_url)
         jobs = self.make_job_service(allocator)
@@ -236,7 +334,10 @@ class GPUSliceService(Application):
         web_app = self.make_web_app(allocator, jobs)
         # POST leases asks the scheduler to take dev GPUs back from batch jobs for a slice.
         web_app.settings["scheduler"] = scheduler
-        server = web_app.listen(url.port or 80, url.hostname or "127.0.0.1")
+        # Tornado's own body limit too, behind BodyLimit's JSON 413 (which answers first).
+        server = web_app.listen(
+            url.port or 80, url.hostname or "127.0.0.1", max_body_size=web_app.settings["max_body_bytes"]
+        )
         reconciling = LeaseReconciler(parent=self).start(allocator, self.users)
         scheduling = scheduler.start(jobs)
         self.log.info("gpuslice service at %s%s", self.service_url.rstrip("/"), self.service_prefix)
@@ -244,10 +345,14 @@ class GPUSliceService(Application):
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopped.set)
-        self._write_pid_file()
+        watching = self.stop_with_hub and loop.create_task(
+            lifetime.watch_the_hub(stopped.set, self.hub_check_seconds)
+        )
         try:
             await stopped.wait()
         finally:
+            if watching:
+                watching.cancel()
             if reconciling is not None:
                 reconciling.stop()
             scheduler.stop()
@@ -257,19 +362,26 @@ class GPUSliceService(Application):
             self._remove_pid_file()
 
     def _write_pid_file(self) -> None:
+        """Hold the pid file, or raise ServiceAlreadyRunning naming the live service that does."""
         if self.pid_file:
-            Path(self.pid_file).write_text(f"{os.getpid()}\n")
+            self._pid_file = PidFile(self.pid_file)
+            self._pid_file.claim()
+            if self._pid_file.taken_over:
+                gone = self._pid_file.taken_over
+                self.log.info("pid file %s of pid %d (no longer running) taken over", self.pid_file, gone)
 
     def _remove_pid_file(self) -> None:
-        if self.pid_file:
-            Path(self.pid_file).unlink(missing_ok=True)
+        if getattr(self, "_pid_file", None) is not None:
+            self._pid_file.release()
 
     def start(self) -> None:
         try:
             asyncio.run(self.serve())
-        except (ProfileConfigError, InventoryConfigError) as error:
+        except (ProfileConfigError, InventoryConfigError, ServiceAlreadyRunning) as error:
             self.log.critical("gpuslice service cannot start:\n%s", error)
             self.exit(1)
+        finally:
+            self._remove_pid_file()
 
 
 def main(argv=None) -> None:

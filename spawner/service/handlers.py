@@ -8,6 +8,7 @@ message to a person.
 from __future__ import annotations
 
 import json
+import math
 import re
 from importlib import resources
 from typing import Any
@@ -22,9 +23,12 @@ from .allocator import Allocator
 from .auth import Requester
 from .hub_users import UnknownUserError
 from .lease_request import LeaseBody, LeaseBodyError, holder_expiry, parse_lease_body, server_of_holder
-from .serialize import lease_json
+from .serialize import lease_json, to_json
 
 API_PREFIX = "api/v1/"
+MAX_BODY_DEPTH = 64
+"""How deeply a request body may nest objects and arrays: far past any body of this API, and far
+short of the depth at which Python's JSON reader runs out of recursion (a 500 otherwise)."""
 
 
 def api_error(status: int, message: str) -> web.HTTPError:
@@ -42,17 +46,95 @@ def error_sentence(handler: web.RequestHandler, **write_error_kwargs: Any) -> st
     return handler._reason
 
 
+def error_json(status: int, message: str) -> str:
+    """The body of every error of the service: ``{"status": N, "message": "..."}``."""
+    return json.dumps({"status": status, "message": message})
+
+
 class JSONErrorMixin:
     """Write every error as ``{"status", "message"}`` instead of tornado's HTML page."""
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         message = error_sentence(self, **kwargs)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"status": status_code, "message": message}))
+        self.finish(error_json(status_code, message))
 
 
 class PublicHandler(JSONErrorMixin, web.RequestHandler):
     """Endpoints served without a token: health checks and the API description."""
+
+
+class NotFoundHandler(PublicHandler):
+    """Every path the service does not serve, whatever the method: a JSON 404 (the application's
+    ``default_handler_class``), so that even a mistyped URL gets a sentence a program can show."""
+
+    def initialize(self, prefix: str = "/") -> None:
+        self.prefix = prefix
+
+    def prepare(self) -> None:
+        path = self.request.path if len(self.request.path) <= 200 else self.request.path[:200] + "..."
+        raise api_error(
+            404,
+            f"no such path {path!r}; the service's API is under {self.prefix}{API_PREFIX}, described "
+            f"by {self.prefix}{API_PREFIX}openapi.json",
+        )
+
+
+class NotANumber(float):
+    """``NaN``, ``Infinity`` or ``-Infinity`` in a body: Python's JSON reader takes them, JSON has
+    none; kept as what was written, so that :func:`json_problem` can name the field."""
+
+    def __new__(cls, text: str) -> NotANumber:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def json_problem(value: Any, max_depth: int = MAX_BODY_DEPTH) -> str | None:
+    """What in a parsed body JSON text cannot carry, naming where: a number that is not finite
+    (``NaN``, ``Infinity``, ``1e400``), text with a lone surrogate (``"\\ud800"``, which is not
+    Unicode and fails wherever it is encoded), or nesting past ``max_depth``; None if none.
+
+    Walked with a stack, not recursion: the body may be as deep as the reader allowed.
+    """
+    pending: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
+    while pending:
+        item, path = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            written = item.text if isinstance(item, NotANumber) else "a number too large for a float"
+            return (
+                f"{_where(path)}: {written} is not a finite number (JSON has no NaN or Infinity); "
+                "give a finite number"
+            )
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return f"{_where(path)}: {_LONE_SURROGATE}"
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if len(path) >= max_depth:
+            return f"{_where(path)}: nested more than {max_depth} levels deep; keep bodies flatter"
+        if isinstance(item, list):
+            pending.extend((child, (*path, index)) for index, child in enumerate(item))
+            continue
+        for key, child in item.items():
+            if _SURROGATE.search(key):
+                return f"{_where(path)}: a field name {_LONE_SURROGATE}"
+            pending.append((child, (*path, key)))
+    return None
+
+
+_LONE_SURROGATE = (
+    "the text holds a lone UTF-16 surrogate (such as \\ud800), which is not Unicode; send UTF-8 text"
+)
+
+
+def _where(path: tuple[Any, ...]) -> str:
+    where = "/".join(str(part) for part in path) or "body"
+    return repr(where)[1:-1] if len(where) <= 200 else repr(where[:200])[1:-1] + "..."
 
 
 class HealthHandler(PublicHandler):
@@ -158,10 +240,19 @@ class APIHandler(JSONErrorMixin, ServiceUserMixin, web.RequestHandler):
         self.requester = self.admit(model)
 
     def json_body(self) -> Any:
+        """The body as JSON, or a 400 that says why not and where (see :func:`json_problem`)."""
         try:
-            return json.loads(self.request.body or b"null")
+            body = json.loads(self.request.body or b"null", parse_constant=NotANumber)
+        except RecursionError:
+            raise api_error(
+                400, f"body: nested too deeply; objects and arrays may nest at most {MAX_BODY_DEPTH} levels"
+            ) from None
         except ValueError as error:
             raise api_error(400, f"the body is not JSON ({error}); send a JSON object") from None
+        problem = json_problem(body)
+        if problem is not None:
+            raise api_error(400, problem)
+        return body
 
     def refuse_unless_for(self, user: str, action: str) -> None:
         if not self.requester.may_act_for(user):
@@ -172,7 +263,7 @@ class APIHandler(JSONErrorMixin, ServiceUserMixin, web.RequestHandler):
     def reply(self, status: int, payload: dict[str, Any]) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(payload))
+        self.finish(to_json(payload))
 
 
 class GPUsHandler(APIHandler):

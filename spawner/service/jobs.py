@@ -27,7 +27,7 @@ from traitlets.config import LoggingConfigurable
 from spawner.core import quota
 from spawner.core.scheduler import DEV_POOL, TRAIN_POOL, largest_gang
 from spawner.core.units import Lease
-from spawner.ledger.jobs import JobRecord, JobSpec, JobStore
+from spawner.ledger.jobs import JobRecord, JobSpec, JobStore, Submission, SubmissionLimits
 from spawner.ledger.store import Ledger
 
 from . import job_files
@@ -51,6 +51,14 @@ from .payload import (
     write_signed_payload,
 )
 from .queue_view import QueueSnapshot
+from .submissions import (
+    IdempotencyConflict,
+    SubmissionRefused,
+    body_digest,
+    conflict_message,
+    limit_message,
+    payload_size,
+)
 
 Result = TypeVar("Result")
 
@@ -105,6 +113,28 @@ class JobService(LoggingConfigurable):
         It holds the cell's functions, classes, local modules and small data values; bigger data
         belongs in files the cell reads. The notebook refuses single values over its own limit
         (``SubmitMagics.max_value_bytes``) before sending anything.
+        """,
+    ).tag(config=True)
+
+    max_queued_jobs_per_user = Int(
+        200,
+        help="""How many jobs one user may have waiting in the queue at once; 0: no limit.
+
+        A submission past it is refused (400) with the limit and the user's count; jobs that run,
+        or checkpoint to go back to the queue, do not count. Checked in the ledger transaction
+        that queues the job, so concurrent submissions cannot pass it together.
+        """,
+    ).tag(config=True)
+
+    max_payload_bytes_per_user = Int(
+        256 * 1024 * 1024,
+        help="""How many bytes of scripts and %%submit cells one user's unfinished jobs may hold; 0: no limit.
+
+        Counted as ``max_payload_bytes`` and ``max_cell_payload_bytes`` count (a script's UTF-8
+        bytes, a cell's decoded bytes; the database keeps a cell in base64, about 4/3 of that)
+        over the user's queued, running and checkpointing jobs, the new one included: the
+        service keeps these to start the jobs (again), and drops a job's payload once it has
+        ended. A submission past it is refused (400) with the limit and the user's usage.
         """,
     ).tag(config=True)
 
@@ -184,7 +214,21 @@ class JobService(LoggingConfigurable):
 
     # ---------------------------------------------------------------------------- submitting
 
-    async def submit(self, user: HubUser, body: JobBody) -> JobRecord:
+    async def submit(self, user: HubUser, body: JobBody, idempotency_key: str | None = None) -> Submission:
+        """Queue ``body`` as a job of ``user``: the :class:`Submission` with the job, ``created``
+        unless an earlier submission under ``idempotency_key`` had made it (see :mod:`.submissions`).
+
+        :class:`JobBodyError` (400) for a body that cannot run or that a limit refuses,
+        :class:`IdempotencyConflict` (409) for a key used before for another body.
+        """
+        digest = None
+        if idempotency_key is not None:
+            digest = await self.call(body_digest, body)
+            # A retry is answered before anything is checked again: the job exists whatever the
+            # rules say now (a limit reached since, a GPU gone from the inventory).
+            earlier = await self.call(self.store.find_submission, user.name, idempotency_key, digest)
+            if earlier is not None:
+                return self._answer_retry(earlier, idempotency_key)
         if body.priority == "high" and not (user.admin or set(user.groups) & set(self.high_priority_groups)):
             allowed = ", ".join(sorted(self.high_priority_groups)) or "no group"
             raise JobBodyError(
@@ -227,9 +271,30 @@ class JobService(LoggingConfigurable):
             time_limit_s=body.time_limit_s,
             provenance=body.provenance,
         )
-        record = await self.call(self.store.submit, spec)
+        size = payload_size(body)
+        submission = await self.call(
+            self.store.submit_checked,
+            spec,
+            idempotency_key=idempotency_key,
+            body_sha256=digest,
+            payload_bytes=size,
+            limits=SubmissionLimits(self.max_queued_jobs_per_user, self.max_payload_bytes_per_user),
+        )
+        if submission.refusal is not None and submission.refusal.rule != "idempotency_key":
+            raise SubmissionRefused(limit_message(user.name, submission.refusal, size))
+        if not submission.created:
+            return self._answer_retry(submission, idempotency_key or "")
+        record = submission.record
         self.log.info("job %s (%s) of %s queued: %d GPUs", record.id, record.name, record.owner, record.gpus)
-        return record
+        return submission
+
+    def _answer_retry(self, submission: Submission, key: str) -> Submission:
+        """The job an earlier submission under ``key`` made, or IdempotencyConflict for another body."""
+        if submission.refusal is not None:
+            raise IdempotencyConflict(conflict_message(key, submission.refusal))
+        record = submission.record
+        self.log.info("job %s of %s: submitted again under its idempotency key", record.id, record.owner)
+        return submission
 
     def default_time_limit_s(self) -> float:
         return parse_duration(self.default_time_limit)

@@ -1,11 +1,13 @@
 """The REST API of batch jobs, under ``<service prefix>api/v1/jobs``.
 
-The same rules as for leases: users see and touch only their own jobs (403 otherwise), admins and
-the service itself see everyone's. The job service is the web application's ``jobs`` setting.
+The same rules as for leases: users see and touch only their own jobs, admins and the service
+itself see everyone's. Another user's job answers 404 exactly as an unknown id does, so that ids
+say nothing about who owns what. The job service is the web application's ``jobs`` setting.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from spawner.ledger.jobs import JobRecord, JobStateError
@@ -13,13 +15,20 @@ from spawner.ledger.jobs import JobRecord, JobStateError
 from .handlers import APIHandler, api_error
 from .hub_users import UnknownUserError
 from .job_files import UntrustedFile
-from .job_request import JobBodyError, parse_job_body
+from .job_request import DEFAULT_MAX_TIME_LIMIT_S, JobBodyError, parse_job_body, shown
 from .jobs import STATES, TERMINAL_STATES, JobService
 from .serialize import job_json
+from .submissions import IDEMPOTENCY_HEADER, IdempotencyConflict, parse_idempotency_key
 
 DEFAULT_LIST_LIMIT = 500
 """How many of the newest jobs ``GET jobs`` returns unless ``limit`` says otherwise."""
 MAX_LIST_LIMIT = 10000
+MAX_LOG_OFFSET = 2**53 - 1
+"""The largest byte offset ``GET jobs/{id}/logs`` takes (the largest integer JSON numbers hold)."""
+TRUE_WORDS = ("1", "true", "yes")
+FALSE_WORDS = ("0", "false", "no")
+_DIGITS = re.compile("[0-9]{1,16}")
+"""A whole number as query parameters write it: ASCII digits only (``str.isdigit`` takes ``²``)."""
 
 
 class JobsAPIHandler(APIHandler):
@@ -28,11 +37,31 @@ class JobsAPIHandler(APIHandler):
         return self.application.settings["jobs"]
 
     async def readable_job(self, job_id: str, action: str) -> JobRecord:
+        """The job, if the caller may ``action`` it; another user's job is as unknown as no job."""
         record = await self.jobs.get(job_id)
-        if record is None:
-            raise api_error(404, f"no job {job_id!r}; list yours with GET jobs")
-        self.refuse_unless_for(record.owner, f"{action} job {job_id}")
+        if record is None or not self.requester.may_act_for(record.owner):
+            raise api_error(404, f"no job {shown(job_id, 80)}; list yours with GET jobs")
         return record
+
+    def flag_argument(self, name: str) -> bool:
+        """A yes/no query parameter: 1, true or yes; 0, false or no (or left out); a 400 otherwise,
+        so that a typo such as ``all=ture`` is not read as no."""
+        value = self.get_argument(name, "0", strip=False)
+        if value not in TRUE_WORDS + FALSE_WORDS:
+            raise api_error(
+                400,
+                f"{name}: {shown(value)} is neither yes nor no; give one of {', '.join(TRUE_WORDS)} "
+                f"or {', '.join(FALSE_WORDS)}",
+            )
+        return value in TRUE_WORDS
+
+    def whole_number_argument(self, name: str, default: int, low: int, high: int, what: str) -> int:
+        """A query parameter that is a whole number from ``low`` to ``high``; a 400 that says
+        ``what`` it counts otherwise."""
+        text = self.get_argument(name, str(default), strip=False)
+        if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
+            raise api_error(400, f"{name}: give {what} from {low} to {high}, not {shown(text)}")
+        return int(text)
 
     async def cancel_job(self, job_id: str) -> None:
         record = await self.readable_job(job_id, "cancel")
@@ -52,7 +81,7 @@ class JobsAPIHandler(APIHandler):
 class JobsHandler(JobsAPIHandler):
     async def get(self) -> None:
         user = self.get_argument("user", None)
-        everyone = self.get_argument("all", "") in ("1", "true", "yes")
+        everyone = self.flag_argument("all")
         if everyone and not self.requester.sees_everyone:
             raise api_error(
                 403, f"{self.requester.describe()} may not list every user's jobs; leave out all=1 for yours"
@@ -61,16 +90,14 @@ class JobsHandler(JobsAPIHandler):
             self.refuse_unless_for(user, "list the jobs")
         elif not everyone:
             user = self.requester.name
-        states = self.get_arguments("state") or None
+        states = self.get_arguments("state", strip=False) or None
         for state in states or ():
             if state not in STATES:
-                raise api_error(400, f"state: no state {state!r}; give one of {', '.join(STATES)}")
-        limit = self.get_argument("limit", str(DEFAULT_LIST_LIMIT))
-        if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIST_LIMIT:
-            raise api_error(
-                400, f"limit: give a whole number of jobs from 1 to {MAX_LIST_LIMIT}, not {limit!r}"
-            )
-        records = await self.jobs.list(user, states, int(limit))
+                raise api_error(400, f"state: no state {shown(state)}; give one of {', '.join(STATES)}")
+        limit = self.whole_number_argument(
+            "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT, "a whole number of jobs"
+        )
+        records = await self.jobs.list(user, states, limit)
         queue = self.jobs.queue  # one pass's places for the whole listing
         self.reply(
             200,
@@ -91,14 +118,19 @@ class JobsHandler(JobsAPIHandler):
                 max_payload_bytes=self.jobs.max_payload_bytes,
                 default_time_limit_s=self.jobs.default_time_limit_s(),
                 max_cell_payload_bytes=self.jobs.max_cell_payload_bytes,
+                max_time_limit_s=self.settings.get("max_time_limit_s", DEFAULT_MAX_TIME_LIMIT_S),
             )
+            # Optional; the same key again answers the job it made (200), see .submissions.
+            key = parse_idempotency_key(self.request.headers.get(IDEMPOTENCY_HEADER))
             user = await self.allocator.users.get(self.requester.name)
-            record = await self.jobs.submit(user, body)
+            submission = await self.jobs.submit(user, body, idempotency_key=key)
         except JobBodyError as error:
             raise api_error(400, str(error)) from None
+        except IdempotencyConflict as error:
+            raise api_error(409, str(error)) from None
         except UnknownUserError as error:
             raise api_error(403, str(error)) from None
-        self.reply(201, {"job": self.job_model(record)})
+        self.reply(201 if submission.created else 200, {"job": self.job_model(submission.record)})
 
 
 class JobHandler(JobsAPIHandler):
@@ -118,14 +150,11 @@ class JobCancelHandler(JobsAPIHandler):
 
 class JobLogsHandler(JobsAPIHandler):
     async def get(self, job_id: str) -> None:
+        offset = self.whole_number_argument(
+            "offset", 0, 0, MAX_LOG_OFFSET, "a byte offset (next_offset of the last answer)"
+        )
+        follow = self.flag_argument("follow")
         record = await self.readable_job(job_id, "read the logs of")
-        try:
-            offset = int(self.get_argument("offset", "0"))
-        except ValueError:
-            offset = -1
-        if offset < 0:
-            raise api_error(400, "offset: give a byte offset of 0 or more (next_offset of the last answer)")
-        follow = self.get_argument("follow", "") in ("1", "true", "yes")
         self.reply(200, await self.jobs.read_log(record, offset, follow))
 
 

@@ -45,7 +45,8 @@ from spawner.core.units import Lease, Node, SliceRequest, WorkloadClass
 from spawner.ledger import LeaseConflictError, LedgerError
 from spawner.ledger.jobs import JobRecord
 
-from .executor.base import ExecutionState, UnknownJob
+from . import launches
+from .executor.base import ExecutionState
 from .jobs import TERMINAL_STATES, JobService, run_id
 from .queue_view import QueueSnapshot
 
@@ -352,11 +353,16 @@ class BatchScheduler(LoggingConfigurable):
         return released
 
     async def _start(self, jobs: JobService, record, start: Start, now: float) -> str | None:
-        """Grant the lease and start the process; the reason it could not, else None."""
+        """Grant the lease and start the process; the reason it could not, else None.
+
+        The job is ``running`` only once the executor has started its process; a crash before
+        that leaves it queued, and the next service undoes the start (see :mod:`.launches`).
+        """
         job = start.job
         lease_id = run_id(record, record.attempts + 1)
-        try:
-            result = await jobs.call(
+
+        def grant():
+            return jobs.call(
                 jobs.allocator.ledger.grant,
                 lease_id,
                 job.id,
@@ -370,6 +376,17 @@ class BatchScheduler(LoggingConfigurable):
                 now=now,
                 expected_gpu_hours=scheduler.expected_gpu_hours(job),
             )
+
+        try:
+            try:
+                result = await grant()
+            except LeaseConflictError:
+                # Its run id was granted before: a start a crash cut short that recovery did not
+                # see (it failed), and whose lease a pass has released since. Adopt the run if it
+                # has a process; else the start is undone, and its run id free for this grant.
+                if await self._adopt(jobs, record):
+                    return None
+                result = await grant()
         except LeaseConflictError as error:
             self.log.warning("job %s: %s", job.id, error)
             return f"its lease {lease_id} could not be granted ({error})"
@@ -481,19 +498,24 @@ class BatchScheduler(LoggingConfigurable):
     # -------------------------------------------------------------------------------- timing
 
     async def recover(self, jobs: JobService) -> None:
-        """At service start: keep the jobs whose processes still run, finish the others, and
-        adopt the runs a crash left started but not yet recorded as running."""
+        """At service start: keep the jobs whose processes still run, finish the others, adopt
+        the runs a crash left started but not yet recorded as running, and put back in the queue
+        the jobs whose start it cut short before any process ran (see :mod:`.launches`)."""
         async with jobs.lock:
             for record in await jobs.call(jobs.store.queued):
-                await self._adopt(jobs, record)
+                try:
+                    await self._adopt(jobs, record)
+                except Exception:
+                    # One job's trouble holds up no other's; the pass tries its start again.
+                    self.log.exception("job %s: recovering its start failed", record.id)
             await self.poll_running(jobs, lost_reason=LOST_IN_RESTART)
 
-    async def _adopt(self, jobs: JobService, record) -> None:
+    async def _adopt(self, jobs: JobService, record) -> bool:
+        """Make a queued job ``running`` if its next run has a process (started before a crash);
+        undo a start that never got so far. Whether the job was adopted."""
         lease_id = run_id(record, record.attempts + 1)
-        try:
-            await jobs.executor.status(lease_id)
-        except UnknownJob:
-            return  # the usual case: the job never got as far as its process
+        if not await launches.run_was_started(jobs, record, lease_id):
+            return False  # the usual case: the job never got as far as its process
         held = await jobs.call(jobs.ledger.record, lease_id)
         placement = held.lease.placement if held is not None else None
         record = await jobs.transition(
@@ -510,6 +532,7 @@ class BatchScheduler(LoggingConfigurable):
             await jobs.executor.stop(lease_id, 0)
             await jobs.finish(record, "failed", f"{LOST_IN_RESTART} (its lease was gone)", exit_code=None)
         self.log.info("job %s: adopted run %s after a restart", record.id, lease_id)
+        return True
 
     def start(self, jobs: JobService) -> asyncio.Task:
         """Recover, then run a pass now and every ``interval_seconds``; failures are logged."""

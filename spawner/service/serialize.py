@@ -6,6 +6,7 @@ back) sees the same field names.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from spawner.core.units import GPU, MILLI_PER_GPU, Lease, SliceRequest
@@ -13,6 +14,20 @@ from spawner.ledger import GPUHolder
 from spawner.ledger.jobs import JobRecord
 
 from .queue_view import QueueSnapshot
+
+
+def to_json(payload: Any) -> str:
+    """The text of a JSON answer, never with ``NaN`` or ``Infinity``: they are not JSON, and a
+    client's parser would refuse the whole answer.
+
+    The API refuses non-finite numbers on the way in, so nothing stored since holds one; a value
+    stored before it did (a job's time limit of ``inf``) is written as null.
+    """
+    try:
+        return json.dumps(payload, allow_nan=False)
+    except ValueError:
+        finite = json.loads(json.dumps(payload), parse_constant=lambda _: None)
+        return json.dumps(finite, allow_nan=False)
 
 
 def request_json(request: SliceRequest) -> dict[str, Any]:

@@ -116,15 +116,17 @@ def test_cancelling_a_running_job_stops_it_and_releases_its_lease(hub):
 def test_users_see_and_touch_only_their_own_jobs_and_admins_see_all(hub):
     alice, bob = hub.as_user("alice"), hub.as_user("bob")
     job = submit(alice, hub, "print('mine')\n", gpus=0)
+    # Another user's job is as unknown to bob as no job at all: the answer names nobody.
     for method, path in [
         ("get", f"jobs/{job['id']}"),
         ("get", f"jobs/{job['id']}/logs"),
         ("get", f"jobs/{job['id']}/result"),
         ("post", f"jobs/{job['id']}/cancel"),
         ("delete", f"jobs/{job['id']}"),
-        ("get", "jobs?user=alice"),
-        ("get", "jobs?all=1"),
     ]:
+        message = assert_json_error(getattr(bob, method)(hub.api + path, timeout=30), 404)
+        assert message == f"no job {job['id']!r}; list yours with GET jobs"
+    for method, path in [("get", "jobs?user=alice"), ("get", "jobs?all=1")]:
         message = assert_json_error(getattr(bob, method)(hub.api + path, timeout=30), 403)
         assert "user bob" in message
     assert job["id"] not in [other["id"] for other in bob.get(hub.api + "jobs", timeout=30).json()["jobs"]]

@@ -193,6 +193,12 @@ def print_table(rows: list[dict], via: str) -> None:
         )
 
 
+UNLIMITED_QUEUE = """\
+c.JobService.max_queued_jobs_per_user = 10**9
+c.JobService.max_payload_bytes_per_user = 2**62
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", default="1,8,32", help="comma-separated concurrency levels")
@@ -203,9 +209,18 @@ def main(argv: list[str] | None = None) -> int:
     options = parser.parse_args(argv)
     levels = [int(level) for level in options.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="gpuslice-load-") as state:
+        # The queue grows by thousands of jobs per user here: lift the per-user limits on queued
+        # jobs and stored payloads, which would otherwise refuse the load being measured.
+        service_config = Path(state) / "service_config.py"
+        service_config.write_text(UNLIMITED_QUEUE)
         hub = HubProcess(
             Path(state),
-            {"GPUSLICE_INVENTORY": "simulated", "GPUSLICE_SIMULATED_GPUS": "2", "GPUSLICE_TRAIN_GPUS": "1"},
+            {
+                "GPUSLICE_INVENTORY": "simulated",
+                "GPUSLICE_SIMULATED_GPUS": "2",
+                "GPUSLICE_TRAIN_GPUS": "1",
+                "GPUSLICE_SERVICE_CONFIG": str(service_config),
+            },
         )
         hub.start(timeout=120)
         try:

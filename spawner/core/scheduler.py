@@ -210,6 +210,8 @@ def schedule(
     # Shapes that found no room since the last start: the cluster has not changed for them, so a
     # queue of thousands costs one placement attempt per shape, not per job.
     no_room: set[tuple] = set()
+    # The biggest gang each pool could ever hold, per set of GPU models: fixed for the whole pass.
+    largest_by_models: dict[frozenset[str], tuple[int, int]] = {}
     for job in ordered:
         share = shares.get(job.group, GroupShare())
         guaranteed_held, borrowed_held = held_by_group[job.group]
@@ -262,7 +264,9 @@ def schedule(
         if not blocked_by_reservation:
             no_room.add(shape)
         higher = sum(count for level, count in waiting_per_level.items() if level > job.priority)
-        reason = _waiting_reason(cluster, job, higher, waiting_per_level[job.priority], may_borrow)
+        reason = _waiting_reason(
+            cluster, job, higher, waiting_per_level[job.priority], may_borrow, largest_by_models
+        )
         waiting_per_level[job.priority] += 1
         if blocked_by_reservation:
             reservation = decision.reservation
@@ -426,12 +430,24 @@ ON_BORROWED_DEV_GPUS = (
 
 
 def _waiting_reason(
-    cluster: ClusterState, job: BatchJob, higher: int, same: int, may_borrow: bool = True
+    cluster: ClusterState,
+    job: BatchJob,
+    higher: int,
+    same: int,
+    may_borrow: bool = True,
+    largest_by_models: dict[frozenset[str], tuple[int, int]] | None = None,
 ) -> str:
     models = "/".join(sorted(job.gpu_models)) + " " if job.gpu_models else ""
     what = f"{job.gpus} {models}GPU{'s' if job.gpus != 1 else ''} on one node"
-    train_capacity = int(cluster.eligible(job.gpu_models, TRAIN_POOL).sum(axis=1).max(initial=0))
-    dev_capacity = int(cluster.eligible(job.gpu_models, DEV_POOL).sum(axis=1).max(initial=0))
+    largest = None if largest_by_models is None else largest_by_models.get(job.gpu_models)
+    if largest is None:
+        largest = tuple(
+            int(cluster.eligible(job.gpu_models, pool).sum(axis=1).max(initial=0))
+            for pool in (TRAIN_POOL, DEV_POOL)
+        )
+        if largest_by_models is not None:
+            largest_by_models[job.gpu_models] = largest
+    train_capacity, dev_capacity = largest
     parts = [f"waiting for {what}"]
     if train_capacity < job.gpus <= dev_capacity:
         parts = [

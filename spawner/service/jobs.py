@@ -439,6 +439,10 @@ class JobService(LoggingConfigurable):
             self.queue = self.queue.without(job_id)
             cancelled = await self.transition(record.id, "cancelled", reason, ended_at=time.time())
             if record.state == "running":
+                # The stop signal goes out before the answer, so that it reaches the job even if
+                # the service ends right after; waiting for the process is left to the background.
+                with contextlib.suppress(UnknownJob, ValueError):
+                    await self.executor.request_stop(run_id(record) or "", self.cancel_grace_seconds)
                 self.stop_in_background(record, self.cancel_grace_seconds)
             # A checkpointing job's preemption task stops the process and gives the lease back;
             # seeing the job cancelled, it does not queue it again.

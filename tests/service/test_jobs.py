@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -215,3 +217,44 @@ def test_listings_are_newest_first_within_a_limit_and_leave_the_provenance_to_th
         assert response.json()["message"].startswith("limit: give a whole number of jobs from 1 to 10000")
     for job in (first, second):
         bob.post(hub.api + f"jobs/{job['id']}/cancel", timeout=60)
+
+
+WRITES_ITS_PID = """\
+import os, pathlib, time
+pathlib.Path({pid_file!r}).write_text(str(os.getpid()))
+print("started", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_cancel_reaches_the_job_even_if_the_service_dies_right_after_answering(hub, tmp_path):
+    alice = hub.as_user("alice")
+    pid_file = tmp_path / "job.pid"
+    job = submit(alice, hub, WRITES_ITS_PID.format(pid_file=str(pid_file)))
+    wait_for(alice, hub, job["id"], ("running",))
+    wait_for_log(alice, hub, job["id"], "started")
+    job_pid = int(pid_file.read_text())
+    service_pid = hub.service_pid()
+
+    cancelled = alice.post(hub.api + f"jobs/{job['id']}/cancel", timeout=60)
+    assert cancelled.status_code == 200 and cancelled.json()["job"]["state"] == "cancelled"
+    os.kill(service_pid, signal.SIGKILL)  # nothing of the service is left to finish the stop
+
+    def job_gone() -> bool:
+        try:
+            os.kill(job_pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until(hub, "the cancelled job's process gone", job_gone, timeout=30)
+    hub.wait_for_service_restart(service_pid)
+    # The restarted service finds the cancelled job's lease and gives it back.
+    lease_id = get_job(alice, hub, job["id"])["job"]["lease_id"]
+    service = hub.client(hub.service_token)
+    wait_until(
+        hub,
+        "the cancelled job's lease released",
+        lambda: service.get(hub.api + f"leases/{lease_id}", timeout=30).json()["lease"]["released_at"],
+        timeout=60,
+    )

@@ -121,6 +121,15 @@ class Executor(LoggingConfigurable, metaclass=_AbstractConfigurable):
         """
 
     @abstractmethod
+    async def request_stop(self, job_id: str, grace_s: float | None = None) -> bool:
+        """Send the stop of :meth:`stop` (SIGTERM now, SIGKILL after ``grace_s``) and return at once,
+        whether a running job was asked to stop.
+
+        What it asks for happens even if the service ends right after: a cancel answered to a user
+        has already reached the job. Asking again does nothing more.
+        """
+
+    @abstractmethod
     def log_path(self, job_id: str) -> Path:
         """Where the job's combined stdout and stderr are kept."""
 

@@ -313,17 +313,36 @@ class LocalExecutor(Executor):
             identity["pid"], str(directory)
         )
 
+    async def request_stop(self, job_id: str, grace_s: float | None = None) -> bool:
+        grace_s = self.grace_seconds if grace_s is None else grace_s
+        status = await self.status(job_id)
+        if status.state is not ExecutionState.running:
+            return False
+        directory = self.job_dir(job_id)
+        asked = await asyncio.to_thread(jobdir.read_json, directory / jobdir.STOP_REQUEST)
+        if asked and time.time() + grace_s >= float(asked["requested_at"]) + float(asked["grace_s"]):
+            # Asked already, with a deadline no later: a second SIGTERM would only run the job's
+            # handler twice. A shorter grace is sent again (the supervisor shortens, never lengthens).
+            return True
+        request = {"grace_s": grace_s, "requested_at": time.time()}
+        await asyncio.to_thread(jobdir.write_json_atomically, directory / jobdir.STOP_REQUEST, request)
+        if await asyncio.to_thread(self.signal_supervisor, directory, signal.SIGTERM):
+            self.log.info("Stopping job %s (grace %g s)", job_id, grace_s)
+            return True
+        return False
+
     async def stop(self, job_id: str, grace_s: float | None = None) -> ExecutionStatus:
         grace_s = self.grace_seconds if grace_s is None else grace_s
         status = await self.status(job_id)
         if status.state is not ExecutionState.running:
             return status
         directory = self.job_dir(job_id)
-        request = {"grace_s": grace_s, "requested_at": time.time()}
-        await asyncio.to_thread(jobdir.write_json_atomically, directory / jobdir.STOP_REQUEST, request)
-        if await asyncio.to_thread(self.signal_supervisor, directory, signal.SIGTERM):
-            self.log.info("Stopping job %s (grace %g s)", job_id, grace_s)
-            status = await self.wait_while_running(job_id, grace_s + STOP_MARGIN_S)
+        if await self.request_stop(job_id, grace_s):
+            request = await asyncio.to_thread(jobdir.read_json, directory / jobdir.STOP_REQUEST) or {}
+            asked_at = float(request.get("requested_at", time.time()))
+            grace_s = min(grace_s, float(request.get("grace_s", grace_s)))
+            left = max(0.0, asked_at + grace_s - time.time())
+            status = await self.wait_while_running(job_id, left + STOP_MARGIN_S)
             if status.state is not ExecutionState.running:
                 return status
             self.log.warning("Job %s: its supervisor did not stop it in time; killing both", job_id)

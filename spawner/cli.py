@@ -13,7 +13,7 @@ from spawner.core.placement import POLICIES, UnknownPolicyError
 from spawner.core.text import escape_controls
 
 if TYPE_CHECKING:
-    from spawner.hub.profiles import ProfileSet
+    from spawner.config.profiles import ProfileSet
 
 
 def _policy_list(text: str) -> list[str]:
@@ -95,7 +95,7 @@ def _profiles_dir(given: str | None) -> Path:
 
 def _load_profiles_or_report(args: argparse.Namespace) -> ProfileSet | None:
     """The directory's ProfileSet, or ``None`` after printing every problem to stderr."""
-    from spawner.hub.profiles import ProfileConfigError, load_profiles
+    from spawner.config.profiles import ProfileConfigError, load_profiles
 
     directory = _profiles_dir(args.directory)
     try:

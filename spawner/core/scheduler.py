@@ -20,7 +20,6 @@ numbers. The rules, in the order they apply:
 
 from __future__ import annotations
 
-import enum
 import math
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -29,15 +28,7 @@ from dataclasses import dataclass, field
 from .cluster import ClusterState
 from .placement import get_policy
 from .units import Node, Placement, SliceRequest
-
-TRAIN_POOL = "train"
-DEV_POOL = "dev"
-
-
-class Priority(enum.IntEnum):
-    low = 0
-    normal = 1
-    high = 2
+from .vocabulary import DEV_POOL, TRAIN_POOL, Priority
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,10 @@ from jupyterhub.spawner import SpawnException
 from traitlets import CaselessStrEnum, Float, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from spawner.config.profiles import Profile, ProfileSet, load_profiles
 from spawner.core.units import describe_milli
 from spawner.enforce.env import MPSSettings, slice_environment, with_kernel_limits
 
-from .profiles import Profile, ProfileSet, load_profiles
 from .service_client import LeaseRefused, ServiceClient, ServiceUnavailable
 
 TEMPLATE = "options_form.html"

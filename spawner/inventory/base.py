@@ -12,9 +12,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from spawner.config.yaml_problems import ConfigFileError
 from spawner.core.units import DEFAULT_POOLS, Node
-
-from .yaml_problems import ConfigFileError
 
 log = logging.getLogger("gpuslice.inventory")
 

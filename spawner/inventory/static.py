@@ -19,11 +19,17 @@ from typing import Any
 
 import yaml
 
+from spawner.config import yaml_lines
+from spawner.config.yaml_problems import (
+    Problem,
+    duplicate_key_problems,
+    problem_at,
+    render_path,
+    schema_problems,
+)
 from spawner.core.units import DEFAULT_POOLS, GPU, Node
 
-from . import yaml_lines
 from .base import SOURCE_LABEL, InventoryConfigError, parse_pools
-from .yaml_problems import Problem, duplicate_key_problems, problem_at, render_path, schema_problems
 
 SCHEMA_RESOURCE = "gpus.schema.json"
 

@@ -34,7 +34,6 @@ again under the same run id.
 
 from __future__ import annotations
 
-import enum
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -43,7 +42,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..core.scheduler import BatchJob, Priority
+from ..core.scheduler import BatchJob
+from ..core.vocabulary import PAYLOAD_KINDS, TERMINAL_STATES, UNFINISHED_STATES, JobState, Priority
 from .models import JobEventRow, JobRow, JobSubmissionRow, LeaseRow
 from .store import Ledger
 
@@ -52,18 +52,7 @@ DEFAULT_TIME_LIMIT_S = 24 * 3600.0
 """A job submitted without a time limit may run a day; backfill needs every job to have one."""
 
 
-class JobState(str, enum.Enum):
-    queued = "queued"
-    running = "running"
-    preempted = "preempted"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-
-FINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
-UNFINISHED_STATES = frozenset({JobState.queued, JobState.running, JobState.preempted})
-"""The states whose jobs still keep their payload, and count against their owner's storage limit."""
+FINAL_STATES = TERMINAL_STATES
 
 LEGAL_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     JobState.queued: frozenset({JobState.running, JobState.cancelled, JobState.failed}),
@@ -78,9 +67,6 @@ LEGAL_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
 
 RUN_FIELDS = ("started_at", "ended_at", "exit_code", "lease_id", "node", "gpu_uuids", "pool", "borrowed")
 """The columns a transition may set: where and how the current run of the job went."""
-
-PAYLOAD_KINDS = ("script", "cell")
-"""A job's payload: a Python script, or a cell packed by %%submit (kept as the service received it)."""
 
 
 class JobStateError(ValueError):

@@ -11,10 +11,10 @@ import asyncio
 from dataclasses import dataclass, replace
 from typing import Any
 
+from spawner.config.profiles import Profile, ProfileSet
 from spawner.core import quota
 from spawner.core.quota import HolderUsage, Limits, Refusal
 from spawner.core.units import SliceRequest, WorkloadClass, gpus_by_uuid
-from spawner.hub.profiles import Profile, ProfileSet
 from spawner.ledger import AllocationResult, LeaseRecord, Ledger
 
 from .capacity import cluster_with, free_slices

@@ -22,8 +22,8 @@ from tornado import web
 from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
 from traitlets.config import Application
 
+from spawner.config.profiles import ProfileConfigError, load_profiles
 from spawner.core.placement import POLICIES
-from spawner.hub.profiles import ProfileConfigError, load_profiles
 from spawner.inventory import Inventory, InventoryConfigError, describe_pools
 from spawner.ledger import Ledger
 from spawner.ledger.jobs import JobStore

@@ -24,16 +24,21 @@ servers are for admins and the service) is decided by the handlers (``handlers.p
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from spawner.config.profiles import ProfileSet
 from spawner.core.units import SliceRequest, SliceRequestError
-from spawner.hub.profiles import ProfileSet
+from spawner.core.vocabulary import (  # noqa: F401 - the holder words, re-exported for the API's modules
+    expiring_holder,
+    has_expiry,
+    holder_expiry,
+    holder_label,
+    server_of_holder,
+)
 from spawner.ledger.store import MAX_LEASE_ID_LENGTH
 
 SLICE_REQUEST_SCHEMA: dict[str, Any] = {
@@ -79,36 +84,6 @@ class LeaseBodyError(ValueError):
 
 # ------------------------------------------------------------------------------------ holders
 
-_EXPIRING = re.compile(r"(?P<label>.+) until (?P<at>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)", re.DOTALL)
-_ISO_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-
-
-def expiring_holder(label: str, expires_at: float) -> str:
-    """The holder the ledger keeps for ``label`` held until ``expires_at`` (rounded up to a second,
-    so that a lease never ends before the time it was asked for)."""
-    at = datetime.fromtimestamp(math.ceil(expires_at), timezone.utc).strftime(_ISO_FORMAT)
-    return f"{label} until {at}"
-
-
-def holder_expiry(holder: str) -> float | None:
-    """When a lease held by ``holder`` expires (Unix seconds), or None if it does not."""
-    match = _EXPIRING.fullmatch(holder)
-    if match is None:
-        return None
-    return datetime.strptime(match["at"], _ISO_FORMAT).replace(tzinfo=timezone.utc).timestamp()
-
-
-def holder_label(holder: str) -> str:
-    """``holder`` without its expiry: what was asked as ``holder``."""
-    match = _EXPIRING.fullmatch(holder)
-    return holder if match is None else match["label"]
-
-
-def server_of_holder(holder: str, user: str) -> str | None:
-    """The server name if ``holder`` is a notebook server of ``user`` ("" for the default), else None."""
-    owner, slash, server = holder_label(holder).partition("/")
-    return server if slash and owner == user else None
-
 
 # --------------------------------------------------------------------------------------- body
 
@@ -148,7 +123,7 @@ def parse_lease_body(body: Any, profiles: ProfileSet, now: float | None = None) 
     if problems:
         raise LeaseBodyError("; ".join(_describe(problem) for problem in problems))
     holder, expires_at = body["holder"], body.get("expires_at")
-    if _EXPIRING.fullmatch(holder):
+    if has_expiry(holder):
         raise LeaseBodyError(
             f"holder: {holder!r} ends like an expiry; give the holder alone, and the expiry in "
             "'expires_at' (Unix seconds)"

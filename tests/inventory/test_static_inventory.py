@@ -8,9 +8,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from spawner.config.yaml_problems import render_path
 from spawner.inventory import SOURCE_LABEL, InventoryConfigError, load_static, parse_static
 from spawner.inventory.static import load_schema
-from spawner.inventory.yaml_problems import render_path
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "profiles" / "gpus.example.yaml"
 

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import yaml
 
-from spawner.inventory import yaml_lines
+from spawner.config import yaml_lines
 
 DOCUMENT = textwrap.dedent("""\
     nodes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spawner.hub.profiles import ProfileConfigError, load_profiles
+from spawner.config.profiles import ProfileConfigError, load_profiles
 
 from .conftest import GOOD_PROFILES, GOOD_QUOTAS
 

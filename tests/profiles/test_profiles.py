@@ -5,9 +5,9 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
+from spawner.config.profiles import Profile, ProfileSet, load_profiles, load_schema, parse_size_mib
 from spawner.core.quota import BatchLimits, InteractiveLimits, Limits
 from spawner.core.units import SliceRequest, SliceRequestError
-from spawner.hub.profiles import Profile, ProfileSet, load_profiles, load_schema, parse_size_mib
 
 from .conftest import REPO_PROFILES
 

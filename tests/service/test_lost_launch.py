@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from spawner.config.profiles import ProfileSet
 from spawner.core.quota import QuotaPolicy
 from spawner.core.units import GPU, Node, SliceRequest, WorkloadClass
-from spawner.hub.profiles import ProfileSet
 from spawner.ledger import Ledger
 from spawner.ledger.jobs import JobSpec, JobStore
 from spawner.service.allocator import Allocator

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 from integration.hubprocess import HubProcess, free_port
 
+from spawner.config.profiles import load_profiles
 from spawner.hub.mixin import GPUSliceSpawnerMixin
-from spawner.hub.profiles import load_profiles
 from spawner.hub.service_client import LeaseRefused
 
 from .conftest import ADMIN, ADMIN_PASSWORD, REPO_ROOT, Hub, Jobs, progress_messages, small_quota_profiles

@@ -6,7 +6,7 @@ and what was found, e.g.::
     profiles/default.yaml:14: profiles[2].milli_gpu: expected an integer between 1 and 999 (use gpus: 1
     for a whole GPU), got 1500
 
-Lines come from :mod:`spawner.inventory.yaml_lines`, the one line-aware YAML loader; what a field
+Lines come from :mod:`spawner.config.yaml_lines`, the one line-aware YAML loader; what a field
 must hold comes from the ``x-expected`` phrase its JSON Schema carries, so the wording lives beside
 the rule it explains.
 """

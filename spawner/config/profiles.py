@@ -33,9 +33,10 @@ from typing import Any
 
 from spawner.core.quota import QuotaPolicy
 from spawner.core.units import SliceRequest, describe_milli
-from spawner.inventory import yaml_lines
 
-from ..inventory.yaml_problems import (
+from . import yaml_lines
+from .quotas import entry_count, quota_policy
+from .yaml_problems import (
     ConfigFileError,
     Problem,
     duplicate_key_problems,
@@ -44,7 +45,6 @@ from ..inventory.yaml_problems import (
     render_path,
     schema_problems,
 )
-from .quota_file import entry_count, quota_policy
 
 SCHEMA_RESOURCE = "profiles.schema.json"
 PROFILE_FILES = "*.yaml"
@@ -68,7 +68,7 @@ class ProfileConfigError(ConfigFileError):
 @lru_cache(maxsize=1)
 def load_schema() -> dict[str, Any]:
     """The JSON Schema of one profiles file, shipped inside the package."""
-    return json.loads(resources.files("spawner.hub").joinpath(SCHEMA_RESOURCE).read_text())
+    return json.loads(resources.files("spawner.config").joinpath(SCHEMA_RESOURCE).read_text())
 
 
 def parse_size_mib(text: str) -> int:

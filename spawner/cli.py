@@ -1,4 +1,5 @@
-"""The ``gpuslice`` command: the simulator and profile checks today; jobs join it as they are built."""
+"""The ``gpuslice`` command: replaying placement traces, checking profiles, and batch jobs
+(submit, list, logs, cancel) through the service's REST client."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from spawner.core.placement import POLICIES, UnknownPolicyError
 from spawner.core.text import escape_controls
+from spawner.core.vocabulary import PRIORITIES, TERMINAL_STATES, JobState, Priority
 
 if TYPE_CHECKING:
     from spawner.config.profiles import ProfileSet
@@ -200,7 +202,7 @@ def _job_line(job: dict) -> str:
 
 
 def _jobs_submit(args: argparse.Namespace) -> int:
-    from spawner.client import TERMINAL_STATES, job_state, new_idempotency_key
+    from spawner.client import job_state, new_idempotency_key
 
     path = Path(args.file)
     try:
@@ -247,7 +249,7 @@ def _jobs_submit(args: argparse.Namespace) -> int:
         print(json.dumps(job, indent=2))
     elif not args.wait:
         print(_job_line(job))
-    if args.wait and job_state(job) in TERMINAL_STATES and job_state(job) != "succeeded":
+    if args.wait and job_state(job) in TERMINAL_STATES and job_state(job) != JobState.succeeded:
         return 1
     return 0
 
@@ -294,7 +296,7 @@ def add_jobs_commands(commands: argparse._SubParsersAction) -> None:
     submit = job_commands.add_parser("submit", help="run a Python script as a queued job")
     submit.add_argument("file", help="the script to run (from the working directory)")
     submit.add_argument("--gpus", type=int, default=1, help="whole GPUs on one node (default 1)")
-    submit.add_argument("--priority", choices=["low", "normal", "high"], default="normal")
+    submit.add_argument("--priority", choices=PRIORITIES, default=Priority.normal.name)
     submit.add_argument("--time", help="time limit, e.g. 30m, 12h, or seconds")
     submit.add_argument("--name", help="a name for the job (default: the file name)")
     submit.add_argument("--wait", action="store_true", help="stream the logs and wait for the end")

@@ -22,7 +22,8 @@ from typing import Any
 
 import requests
 
-TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+from spawner.core.vocabulary import TERMINAL_STATES, Priority
+
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 RETRY_STATUSES = frozenset({502, 503, 504})
 """What the proxy answers while the service restarts: the request may have been stored, or not."""
@@ -178,7 +179,7 @@ class GPUSliceClient:
         *,
         name: str,
         gpus: int = 1,
-        priority: str = "normal",
+        priority: str = Priority.normal.name,
         time_limit: str | float | None = None,
         workdir: str | None = None,
         gpu_models: list[str] | None = None,

@@ -33,6 +33,7 @@ from typing import Any
 
 from spawner.core.quota import QuotaPolicy
 from spawner.core.units import SliceRequest, describe_milli
+from spawner.core.vocabulary import DEV_POOL
 
 from . import yaml_lines
 from .quotas import entry_count, quota_policy
@@ -51,7 +52,7 @@ PROFILE_FILES = "*.yaml"
 INVENTORY_FILES = "gpus*.yaml"
 """GPU inventory files share the directory; they are not profiles and are skipped here."""
 
-DEFAULT_POOL = "dev"
+DEFAULT_POOL = DEV_POOL
 """Notebook servers slice the dev GPUs unless a profile says otherwise (see DESIGN.md)."""
 
 MIB = 1024 * 1024

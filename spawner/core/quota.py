@@ -480,21 +480,6 @@ def check(
     return check_interactive(policy, usage, user, group, slice_request)
 
 
-def beyond_guarantee(
-    policy: QuotaPolicy, usage: Usage, group: str | None, slice_request: SliceRequest
-) -> bool:
-    """Whether a batch job starting now would run beyond its group's guaranteed GPUs.
-
-    Such a job runs on borrowed capacity, so the scheduler grants it as preemptible (DESIGN.md:
-    batch work is preemptible when it runs beyond its group's guaranteed quota). A job with no
-    group has no guarantee.
-    """
-    if group is None:
-        return slice_request.total_milli > 0
-    guaranteed = policy.for_group(group).batch.guaranteed_gpus * MILLI_PER_GPU
-    return usage.of_group(group).batch_milli + slice_request.total_milli > guaranteed
-
-
 def _exceeds(used: float, asked: float, limit: float | None) -> bool:
     return limit is not None and used + asked > limit
 

@@ -1,8 +1,8 @@
 """The batch scheduler's decisions: which queued jobs start where, which running jobs must yield.
 
-Pure and clock-injected (``now`` is an argument), so the service and the simulator run the very
-same decisions; the service turns them into processes or Kubernetes Jobs, the simulator into
-numbers. The rules, in the order they apply:
+Pure and clock-injected (``now`` is an argument), so a pass is tested and measured without waiting
+on a clock; the service turns its decisions into job processes and leases. The rules, in the order
+they apply:
 
 1. **Strict priority** between levels (``high`` > ``normal`` > ``low``).
 2. **Fair share** between groups inside a level: the group with the least decayed GPU usage per
@@ -405,13 +405,6 @@ def largest_gang(nodes: Iterable[Node], gpu_models: Collection[str], pool: str) 
         ),
         default=0,
     )
-
-
-def only_on_dev(nodes: Iterable[Node], gpus: int, gpu_models: Collection[str]) -> bool:
-    """Whether a job of ``gpus`` GPUs fits no training node but fits a dev node, where it can run
-    only as borrowed work, stopped when developers need the GPUs back."""
-    nodes = list(nodes)
-    return largest_gang(nodes, gpu_models, TRAIN_POOL) < gpus <= largest_gang(nodes, gpu_models, DEV_POOL)
 
 
 ON_BORROWED_DEV_GPUS = (

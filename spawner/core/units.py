@@ -12,10 +12,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .vocabulary import DEV_POOL
+
 MILLI_PER_GPU = 1000
 """One whole GPU, in milli-GPU."""
 
-DEFAULT_POOLS = frozenset({"dev"})
+DEFAULT_POOLS = frozenset({DEV_POOL})
+"""Where a GPU goes when nothing says otherwise: notebooks slice it (and idle, batch jobs borrow it)."""
+
+SIMULATED_UUID_PREFIX = "GPU-sim-"
+"""How every simulated demo GPU's uuid begins, so that whatever holds only a uuid (a lease, a
+server's environment) still tells a demo GPU from a real one."""
 
 
 class SliceRequestError(ValueError):
@@ -193,6 +200,14 @@ def describe_milli(milli_gpu: int) -> str:
             numerator = milli_gpu * denominator // MILLI_PER_GPU
             return str(numerator) if denominator == 1 else f"{numerator}/{denominator}"
     return f"{milli_gpu / MILLI_PER_GPU:.3g}"
+
+
+def describe_size(size: int) -> str:
+    """Bytes as people read them: ``2.3 MiB``, ``1 MiB``, ``512 KiB``, ``12 bytes``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} bytes"
 
 
 @dataclass(frozen=True, slots=True)

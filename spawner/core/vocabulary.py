@@ -64,8 +64,8 @@ class Priority(enum.IntEnum):
     high = 2
 
 
-PRIORITIES: tuple[str, ...] = tuple(priority.name for priority in sorted(Priority, reverse=True))
-"""The priorities as the API writes them, highest first."""
+PRIORITIES: tuple[str, ...] = tuple(Priority.__members__)
+"""The priorities as the API writes them, lowest first (``low``, ``normal``, ``high``)."""
 
 
 # ----------------------------------------------------------------------------------- pools

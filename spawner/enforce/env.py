@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from spawner.core.units import MILLI_PER_GPU
-from spawner.inventory.simulated import UUID_PREFIX as SIMULATED_UUID_PREFIX
+from spawner.core.units import MILLI_PER_GPU, SIMULATED_UUID_PREFIX
 
 ENFORCEMENT_MODES = ("env", "mps")
 KERNELS_RESOURCE = "jupyter_data"

@@ -3,7 +3,8 @@
 It shows the profiles a user may choose with live availability, asks the gpuslice service for a
 lease when a GPU profile starts, hands the granted slice to the server as its environment, keeps the
 lease across hub restarts, and gives it back when the server stops or fails to start. Process and
-pod spawners mix it in before their own class (``LocalGPUSpawner``, ``KubeGPUSpawner``).
+pod spawners mix it in before their own class (``LocalGPUSpawner`` today; a Kubernetes spawner would
+do the same with KubeSpawner).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from traitlets.config import LoggingConfigurable
 
 from spawner.config.profiles import Profile, ProfileSet, load_profiles
 from spawner.core.units import describe_milli
+from spawner.core.vocabulary import server_holder
 from spawner.enforce.env import MPSSettings, slice_environment, with_kernel_limits
 
 from .service_client import LeaseRefused, ServiceClient, ServiceUnavailable
@@ -231,7 +233,7 @@ class GPUSliceSpawnerMixin(LoggingConfigurable):
     @property
     def holder(self) -> str:
         """Who holds the lease, as the service reconciles it: ``user/server`` ("" for the default)."""
-        return f"{self.user.name}/{self.name}"
+        return server_holder(self.user.name, self.name)
 
     def progress_note(self, message: str) -> None:
         self._progress_log().append({"message": message})

@@ -1,14 +1,16 @@
-"""Where GPUs come from: NVML on this host, a static YAML file, simulated demo GPUs, or Kubernetes.
+"""Where GPUs come from: NVML on this host, a static YAML file, or simulated demo GPUs.
 
 Every source answers with ``list[spawner.core.units.Node]``; :class:`Inventory` picks the source
-from configuration. Nothing here allocates: the allocator in ``spawner/service`` owns the GPUs.
+from configuration. :mod:`.kube` reads Kubernetes Node objects the same way, for a Kubernetes source
+that :class:`Inventory` does not offer yet. Nothing here allocates: the allocator in
+``spawner/service`` owns the GPUs.
 """
 
 from .base import POOL_LABEL, SOURCE_LABEL, InventoryConfigError, PoolRule, describe_pools, parse_pools
 from .gpu_names import normalise_model
 from .inventory import Inventory
 from .kube import nodes_from_kube, parse_quantity
-from .nvml import GPUUtilisation, NvmlDevice, read_devices, read_utilisation, read_utilisation_async
+from .nvml import GPUUtilisation, NvmlDevice, read_devices, read_utilisation
 from .simulated import simulated_nodes
 from .static import load_static, parse_static
 
@@ -29,6 +31,5 @@ __all__ = [
     "parse_static",
     "read_devices",
     "read_utilisation",
-    "read_utilisation_async",
     "simulated_nodes",
 ]

@@ -1,8 +1,8 @@
 """What every inventory source shares: the log, the labels stamped on nodes, pool names, the error.
 
-Each source (NVML, static YAML, simulated, Kubernetes) turns a different truth into the same
-``list[Node]``; keeping the vocabulary here stops the sources from drifting apart in how they name a
-pool or say where a node came from.
+Each source (NVML, static YAML, simulated; Kubernetes nodes in :mod:`.kube`) turns a different truth
+into the same ``list[Node]``; keeping these words here stops the sources from drifting apart in how
+they say where a node came from. The pool names themselves are :mod:`spawner.core.vocabulary`'s.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from spawner.config.yaml_problems import ConfigFileError
 from spawner.core.units import DEFAULT_POOLS, Node
+from spawner.core.vocabulary import POOLS, TRAIN_POOL
 
 log = logging.getLogger("gpuslice.inventory")
 
@@ -23,8 +24,9 @@ SOURCE_LABEL = "gpuslice.io/inventory-source"
 POOL_LABEL = "gpuslice.io/pool"
 """Kubernetes node label an admin sets to put a node's GPUs in a pool: dev, train or both."""
 
-KNOWN_POOLS = frozenset({"dev", "train"})
-POOL_SPELLINGS = ("dev", "train", "both")
+KNOWN_POOLS = frozenset(POOLS)
+BOTH_POOLS = "both"
+"""How an admin puts a GPU in every pool (in YAML, a node label or ``Inventory.gpu_pools``)."""
 
 
 class InventoryConfigError(ConfigFileError):
@@ -40,7 +42,7 @@ def parse_pools(value: str | Iterable[str]) -> frozenset[str]:
     leaving a GPU in a pool nobody asks for.
     """
     if isinstance(value, str):
-        if value == "both":
+        if value == BOTH_POOLS:
             return KNOWN_POOLS
         if value in KNOWN_POOLS:
             return frozenset({value})
@@ -76,7 +78,7 @@ class PoolRule:
         if chosen:
             return chosen
         if position >= count - math.floor(count * self.train_share + 1e-9):
-            return frozenset({"train"})
+            return frozenset({TRAIN_POOL})
         return self.default
 
 

@@ -25,6 +25,7 @@ from traitlets import (
 from traitlets.config import Configurable
 
 from spawner.core.units import Node
+from spawner.core.vocabulary import DEV_POOL, TRAIN_POOL
 
 from . import nvml, simulated, static
 from .base import InventoryConfigError, PoolRule, log, parse_pools
@@ -64,7 +65,7 @@ class Inventory(Configurable):
 
     default_pools = List(
         Unicode(),
-        default_value=["dev"],
+        default_value=[DEV_POOL],
         help="""
         Pools that GPUs found by NVML (or simulated) join unless `train_gpu_indices` or
         `gpu_pools` say otherwise: any of "dev", "train", or ["dev", "train"] for both. Left
@@ -154,7 +155,7 @@ class Inventory(Configurable):
     def pool_rule(self) -> PoolRule:
         """The pools of discovered GPUs as configured: per-GPU choices, then the default; the
         host's split by ``train_share`` only where the admin chose no pool at all."""
-        by_gpu = {str(index): frozenset({"train"}) for index in self.train_gpu_indices}
+        by_gpu = {str(index): frozenset({TRAIN_POOL}) for index in self.train_gpu_indices}
         by_gpu.update({gpu: parse_pools(pools) for gpu, pools in self.gpu_pools.items()})
         chosen = by_gpu or self._default_pools_chosen
         return PoolRule(

@@ -3,8 +3,10 @@
 NVIDIA's GPU feature discovery labels every GPU node with ``nvidia.com/gpu.count``,
 ``nvidia.com/gpu.product`` and ``nvidia.com/gpu.memory`` (MiB); those, not the
 ``nvidia.com/gpu`` resource count, say what the cards are, since time-slicing multiplies the
-resource count by its replicas. This module is a pure function of the Node JSON so that the
-service's Kubernetes watcher, the tests and offline tools all read nodes the same way.
+resource count by its replicas. This module is a pure function of the Node JSON, so that
+whatever reads nodes reads them the same way. Nothing in the product reads a cluster's nodes yet
+(:class:`~spawner.inventory.Inventory` has no Kubernetes source): this is the parser such a source
+would use, tested on its own.
 """
 
 from __future__ import annotations

@@ -116,13 +116,9 @@ async def discover_async(
 
 
 def read_utilisation(*, library: ModuleType | None = None) -> list[GPUUtilisation]:
-    """A snapshot of every GPU's load and memory use, for live monitoring; [] if NVML fails."""
+    """A snapshot of every GPU's load and memory use; [] if NVML fails. (Nothing in the service
+    polls it yet: it is read by the GPU tests, and is what a utilisation monitor would call.)"""
     return _guarded(_read_utilisation, library, "GPU utilisation cannot be read on this host")
-
-
-async def read_utilisation_async(*, library: ModuleType | None = None) -> list[GPUUtilisation]:
-    """:func:`read_utilisation` in a worker thread, for the service's periodic monitor."""
-    return await asyncio.to_thread(read_utilisation, library=library)
 
 
 def _guarded(read, library, consequence: str):

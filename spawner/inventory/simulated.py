@@ -1,14 +1,15 @@
 """Demo GPUs for a machine that has none, so the hub, the slices and the queue can be tried out.
 
 Everything about them says so: every GPU has ``simulated=True`` (so its ``label`` reads
-"A100-80GB (simulated)") and a uuid starting "GPU-sim-", and the node is labelled as a simulated
-source. No page, log line or lease can then pass a demo GPU off as a real one. The ``model`` stays
-the plain name so that profiles asking for that model match the demo GPUs.
+"A100-80GB (simulated)"), a uuid starting "GPU-sim-" (``spawner.core.units.SIMULATED_UUID_PREFIX``,
+which a slice's environment reads too), and the node is labelled as a simulated source. No page,
+log line or lease can then pass a demo GPU off as a real one. The ``model`` stays the plain name
+so that profiles asking for that model match the demo GPUs.
 """
 
 from __future__ import annotations
 
-from spawner.core.units import GPU, Node
+from spawner.core.units import GPU, SIMULATED_UUID_PREFIX, Node
 
 from . import host
 from .base import SOURCE_LABEL, PoolRule
@@ -16,7 +17,6 @@ from .base import SOURCE_LABEL, PoolRule
 DEFAULT_COUNT = 4
 DEFAULT_MODEL = "A100-80GB"
 DEFAULT_MEMORY_MIB = 81920
-UUID_PREFIX = "GPU-sim-"
 
 
 def simulated_nodes(
@@ -34,7 +34,7 @@ def simulated_nodes(
     rule = pools or PoolRule()
     gpus = []
     for index in range(count):
-        uuid = f"{UUID_PREFIX}{name}-{index}"
+        uuid = f"{SIMULATED_UUID_PREFIX}{name}-{index}"
         gpus.append(
             GPU(
                 uuid=uuid,

@@ -24,8 +24,8 @@ from typing import Any
 
 import cloudpickle
 
-from spawner.service.job_request import describe_size
-from spawner.service.runner import CellBundle
+from spawner.core.cell_bundle import CellBundle
+from spawner.core.units import describe_size
 
 DEFAULT_MAX_VALUE_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_MODULE_BYTES = 1024 * 1024
@@ -33,8 +33,6 @@ CELL_FILENAME = "<cell>"
 IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "_ih", "_oh", "_dh", "_", "__", "___"})
 """Names IPython puts in every namespace; none of them means anything in a job."""
 _IPYTHON_HISTORY = re.compile(r"_i{1,3}\d*|_\d+")
-_NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
-_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
 class CaptureRefused(ValueError):

@@ -7,7 +7,8 @@ from typing import Any
 
 import cloudpickle
 
-from spawner.client import TERMINAL_STATES, GPUSliceClient, ServiceError, job_state
+from spawner.client import GPUSliceClient, ServiceError, job_state
+from spawner.core.vocabulary import SCRIPT_PAYLOAD, TERMINAL_STATES, JobState
 
 
 class JobFailed(RuntimeError):
@@ -93,7 +94,7 @@ def fetch_result(client: GPUSliceClient, job_id: str) -> tuple[dict[str, Any], d
     if summary.get("error"):
         raise JobFailed(job_id, summary["error"])
     if not summary.get("values_available"):
-        if summary.get("kind") == "script":
+        if summary.get("kind") == SCRIPT_PAYLOAD:
             raise ServiceError(f"job {job_id} is a script job; only %%submit cells return values")
         raise ServiceError(
             f"job {job_id} {summary.get('state')} ({summary.get('reason')}) without returning values; "
@@ -112,7 +113,7 @@ def job_line(job: dict[str, Any], last_log_line: str = "", now: float | None = N
     now = time.time() if now is None else now
     state = job.get("state", "")
     parts = [f"{job['id']}", state]
-    if state == "queued":
+    if state == JobState.queued:
         if job.get("queue_position") is not None:
             ahead = job.get("jobs_ahead")
             # position: among your own jobs; jobs ahead: everyone's, in the whole queue
@@ -121,14 +122,14 @@ def job_line(job: dict[str, Any], last_log_line: str = "", now: float | None = N
             )
         if job.get("waiting_reason"):
             parts.append(job["waiting_reason"])
-    elif state == "running" and job.get("started_at"):
+    elif state == JobState.running and job.get("started_at"):
         parts.append(f"elapsed {elapsed_words(now - job['started_at'])}")
     elif state in TERMINAL_STATES:
         if job.get("started_at") and job.get("ended_at"):
             parts.append(f"ran {elapsed_words(job['ended_at'] - job['started_at'])}")
-        if job.get("reason") and state != "succeeded":
+        if job.get("reason") and state != JobState.succeeded:
             parts.append(job["reason"])
-        if state in ("succeeded", "failed"):
+        if state in (JobState.succeeded, JobState.failed):
             parts.append(f"%job fetch {job['id']}")
     if last_log_line:
         parts.append(f"last: {last_log_line[:120]}")

@@ -21,6 +21,8 @@ from IPython.display import display
 from traitlets import Int
 
 from spawner.client import GPUSliceClient, ServiceError, new_idempotency_key
+from spawner.core.cell_bundle import CELL_MODE, FILE_MODE
+from spawner.core.vocabulary import JobState, Priority
 
 from . import capture as capturing
 from .handle import JobFailed, JobHandle, elapsed_words, fetch_result
@@ -44,7 +46,7 @@ def _submit_parser(prog: str) -> _ArgumentParser:
     )
     parser.add_argument("--gpus", type=int, default=1, help="whole GPUs on one node (0: CPU only)")
     parser.add_argument("--gpu-model", action="append", dest="gpu_models", help="GPU model, e.g. A100-80GB")
-    parser.add_argument("--priority", default="normal", help="low, normal or high")
+    parser.add_argument("--priority", default=Priority.normal.name, help="low, normal or high")
     parser.add_argument(
         "--time", dest="time_limit", help="time limit such as 30m, 12h (default: the service's)"
     )
@@ -152,7 +154,7 @@ class SubmitMagics(Magics):
             taken,
             source=source,
             filename=capturing.CELL_FILENAME,
-            mode="cell",
+            mode=CELL_MODE,
             returns=returns,
             out_given=out is not None,
         )
@@ -202,7 +204,7 @@ class SubmitMagics(Magics):
             taken,
             source=source,
             filename=relative,
-            mode="file",
+            mode=FILE_MODE,
             returns=out,
             out_given=bool(out),
             argv=[relative, *options.args],
@@ -274,7 +276,7 @@ class SubmitMagics(Magics):
         except KeyboardInterrupt:
             self.refuse(f"stopped waiting; job {job['id']} goes on (cancel it with %job cancel {job['id']})")
             return
-        if ended["state"] in ("succeeded", "failed"):
+        if ended["state"] in (JobState.succeeded, JobState.failed):
             self.fetch_into_namespace(job["id"])
         else:
             self.refuse(f"job {job['id']} {ended['state']}: {ended.get('reason', '')}")
@@ -321,7 +323,7 @@ class SubmitMagics(Magics):
 
     @staticmethod
     def progress_words(job: dict[str, Any]) -> str:
-        if job["state"] == "queued":
+        if job["state"] == JobState.queued:
             return f"#{job['queue_position']}" if job.get("queue_position") is not None else "waiting"
         if job.get("started_at") and job.get("ended_at"):
             return elapsed_words(job["ended_at"] - job["started_at"])

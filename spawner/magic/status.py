@@ -16,7 +16,8 @@ from typing import Any
 
 from IPython.display import display
 
-from spawner.client import TERMINAL_STATES, GPUSliceClient, ServiceError
+from spawner.client import GPUSliceClient, ServiceError
+from spawner.core.vocabulary import TERMINAL_STATES, JobState
 
 from .handle import job_line
 
@@ -82,7 +83,7 @@ class LiveStatus:
     def refresh(self) -> bool:
         """Read the job and its newest log line and redraw; whether the job has ended."""
         self.job = self.client.job(self.job["id"])["job"]
-        if self.job["state"] != "queued":
+        if self.job["state"] != JobState.queued:
             self.tail.read()
         self.display.update(job_line(self.job, self.tail.last_line))
         return self.job["state"] in TERMINAL_STATES
@@ -119,7 +120,7 @@ def wait_and_stream(client: GPUSliceClient, job: dict[str, Any], write) -> dict[
     tail = LogTail(client, job["id"])
     while True:
         job = client.job(job["id"])["job"]
-        if job["state"] == "queued":
+        if job["state"] == JobState.queued:
             status.update(job_line(job))
             time.sleep(POLL_SECONDS)
             continue

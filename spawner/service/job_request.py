@@ -7,7 +7,7 @@ field to change and how.
 A job is either a ``script`` (Python source, run as ``python script.py``) or a ``cell``: the
 payload ``%%submit`` packs (a base64 cloudpickle bundle) and the Python version that packed it.
 The service checks the cell's size and encoding but never unpickles it; the runner does, as the
-job's owner (:mod:`spawner.service.runner`).
+job's owner (:mod:`spawner.service.runner`), from the format in :mod:`spawner.core.cell_bundle`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-PRIORITIES = ("low", "normal", "high")
+from spawner.core.units import describe_size
+from spawner.core.vocabulary import CELL_PAYLOAD, PRIORITIES, SCRIPT_PAYLOAD, Priority
+
 PYTHON_VERSION_PATTERN = r"^[0-9]+\.[0-9]+(\.[0-9]+)?([a-z0-9.+-]*)$"
 ENVIRONMENT_NAME_PATTERN = r"^[^=\u0000]+$"
 """A variable's name: not empty, no ``=`` and no NUL, which ``execve`` cannot pass (the job would
@@ -113,7 +115,7 @@ class JobBody:
     @property
     def kind(self) -> str:
         """``"cell"`` for a ``%%submit`` payload, ``"script"`` otherwise (the job store's payload kind)."""
-        return "script" if self.cell is None else "cell"
+        return SCRIPT_PAYLOAD if self.cell is None else CELL_PAYLOAD
 
     def stored_payload(self) -> str:
         """What the job store keeps: the script's text, or the cell's payload document."""
@@ -175,14 +177,6 @@ def describe_duration(seconds: float) -> str:
     return "".join(parts) or f"{seconds:g}s"
 
 
-def describe_size(size: int) -> str:
-    """Bytes as people read them: ``2.3 MiB``, ``1 MiB``, ``512 KiB``, ``12 bytes``."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= scale:
-            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
-    return f"{size} bytes"
-
-
 def parse_job_body(
     body: Any,
     *,
@@ -234,7 +228,7 @@ def parse_job_body(
         workdir=body.get("workdir"),
         gpus=body.get("gpus", 0),
         gpu_models=frozenset(body.get("gpu_models", ())),
-        priority=body.get("priority", "normal"),
+        priority=body.get("priority", Priority.normal.name),
         time_limit_s=time_limit_s,
         environment=dict(body.get("environment", {})),
         provenance=dict(body.get("provenance", {})),

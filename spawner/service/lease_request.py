@@ -1,14 +1,15 @@
-"""The body of ``POST leases``: its JSON Schema, turning it into a slice request, and holders.
+"""The body of ``POST leases``: its JSON Schema, and turning it into a slice request and a holder.
 
 The schema refuses unknown fields (``additionalProperties: false``) so that a typo such as
 ``mili_gpu`` is reported instead of silently asking for a CPU-only server; every message says
 which field to change.
 
-The *holder* of a lease is what gives it back, and the only word for it here:
+The *holder* of a lease is what gives it back (its format is spelled once, in
+:mod:`spawner.core.vocabulary`):
 
 - ``"<user>/<server>"``, a notebook server of the lease's own user (``"<user>/"`` for the default
   server): the spawner takes the lease when the server starts and releases it when it stops, and
-  the reconciler (``reconcile.py``) releases it once the hub no longer has that server;
+  the service's reconciler releases it once the hub no longer has that server;
 - a batch job's id: the scheduler grants those leases inside the service (never through the API)
   and gives them back when the job ends, is preempted or is cancelled;
 - anything else only with an expiry (``expires_at``, Unix seconds), after which the reconciler
@@ -18,7 +19,7 @@ The *holder* of a lease is what gives it back, and the only word for it here:
 
 A holder that is neither a server of the lease's user nor given an expiry is refused: nothing would
 ever give such a lease back. Who may ask how (raw requests and holders other than one's own
-servers are for admins and the service) is decided by the handlers (``handlers.py``).
+servers are for admins and the service) is decided by the API's lease handlers.
 """
 
 from __future__ import annotations
@@ -32,13 +33,7 @@ from jsonschema import Draft202012Validator
 
 from spawner.config.profiles import ProfileSet
 from spawner.core.units import SliceRequest, SliceRequestError
-from spawner.core.vocabulary import (  # noqa: F401 - the holder words, re-exported for the API's modules
-    expiring_holder,
-    has_expiry,
-    holder_expiry,
-    holder_label,
-    server_of_holder,
-)
+from spawner.core.vocabulary import POOLS, expiring_holder, has_expiry, holder_expiry, server_of_holder
 from spawner.ledger.store import MAX_LEASE_ID_LENGTH
 
 SLICE_REQUEST_SCHEMA: dict[str, Any] = {
@@ -51,7 +46,7 @@ SLICE_REQUEST_SCHEMA: dict[str, Any] = {
         "cpu_milli": {"type": "integer", "minimum": 0},
         "memory_mib": {"type": "integer", "minimum": 0},
         "gpu_models": {"type": "array", "items": {"type": "string", "minLength": 1}},
-        "pool": {"type": "string", "enum": ["dev", "train"]},
+        "pool": {"type": "string", "enum": list(POOLS)},
     },
 }
 
@@ -80,12 +75,6 @@ _VALIDATOR = Draft202012Validator(LEASE_BODY_SCHEMA)
 
 class LeaseBodyError(ValueError):
     """A lease body that cannot be granted as written; the message says what to change."""
-
-
-# ------------------------------------------------------------------------------------ holders
-
-
-# --------------------------------------------------------------------------------------- body
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ writes the results into the job's results directory:
 - ``summary.json``: the names returned, those that could not be and why, or the cell's exception
   with its traceback (only the user's frames), which the service serves as JSON.
 
-This module is also where the bundle the magic packs is defined (:class:`CellBundle`), so packing
-and unpacking cannot drift apart.
+The bundle the magic packs is defined below both of them, in :mod:`spawner.core.cell_bundle`, so
+packing and unpacking cannot drift apart.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import builtins
 import json
 import linecache
 import os
-import pickle
 import platform
 import sys
 import traceback
 import types
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from spawner.core.cell_bundle import FILE_MODE, CellBundle
 
 from .payload import (
     KEY_VARIABLE,
@@ -40,7 +40,6 @@ from .payload import (
     read_signed_payload,
 )
 
-BUNDLE_FORMAT = 1
 NOTICE_PREFIX = "[gpuslice] "
 """As the supervisor's notices: the lines the runner adds to the log, told apart from the cell's."""
 EXIT_CELL_RAISED = 1
@@ -48,46 +47,6 @@ EXIT_BAD_PAYLOAD = 3
 EXIT_PYTHON_MISMATCH = 4
 MODULES_DIR = "modules"
 """Where the local modules that travelled with the cell are written, inside the job's files directory."""
-
-
-@dataclass
-class CellBundle:
-    """What ``%%submit`` sends: the code to run and everything it needs from the notebook.
-
-    ``values`` is itself a cloudpickle, loaded only after the local modules are in place and the
-    imports ran, since unpickling a value may need them. The rest are plain strings and lists.
-    """
-
-    source: str
-    """The cell's Python source (IPython syntax already turned into Python), or the script's."""
-    filename: str
-    """How tracebacks name the code: ``<cell>``, or the script's path relative to the working directory."""
-    mode: str = "cell"
-    """``cell`` for ``%%submit``, ``file`` for ``%submit script.py args``."""
-    argv: list[str] = field(default_factory=list)
-    """``sys.argv`` of a script (its name, then its arguments); empty for a cell."""
-    imports: list[str] = field(default_factory=list)
-    """Import statements that rebind the modules the cell uses, e.g. ``import numpy as np``."""
-    modules: dict[str, str] = field(default_factory=dict)
-    """Local modules by value: path relative to the working directory -> source."""
-    values: bytes = b""
-    """cloudpickle of ``{name: value}``: notebook functions and classes by value, small data."""
-    returns: list[str] = field(default_factory=list)
-    """Names whose values come back: the ``--out`` names, else what the cell assigns."""
-    out_given: bool = False
-    """Whether ``returns`` was asked for with ``--out`` (so a missing name is worth a note)."""
-    python: str = field(default_factory=platform.python_version)
-    format: int = BUNDLE_FORMAT
-
-    def to_bytes(self) -> bytes:
-        return pickle.dumps(asdict(self), protocol=pickle.HIGHEST_PROTOCOL)
-
-    @classmethod
-    def from_bytes(cls, payload: bytes) -> CellBundle:
-        fields = pickle.loads(payload)
-        if not isinstance(fields, dict) or fields.get("format") != BUNDLE_FORMAT:
-            raise ValueError("the payload is not a gpuslice cell bundle of format 1")
-        return cls(**fields)
 
 
 class PythonMismatch(RuntimeError):
@@ -145,7 +104,7 @@ def run_bundle(bundle: CellBundle, results: Path, modules_dir: Path) -> int:
 
     main = types.ModuleType("__main__")
     main.__dict__["__builtins__"] = builtins
-    if bundle.mode == "file":
+    if bundle.mode == FILE_MODE:
         main.__dict__["__file__"] = str(Path(bundle.filename).absolute())
         sys.argv = list(bundle.argv)
     sys.modules["__main__"] = main

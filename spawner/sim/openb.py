@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spawner.core.units import GPU, MILLI_PER_GPU, Node, SliceRequest
+from spawner.core.vocabulary import POOLS
 
 GPU_MEMORY_MIB = {
     "P100": 16384,
@@ -70,7 +71,7 @@ def load_nodes(path: str | Path) -> list[Node]:
                 index=index,
                 model=model,
                 memory_mib=memory,
-                pools=frozenset({"dev", "train"}),
+                pools=frozenset(POOLS),
                 simulated=True,
             )
             for index in range(_int(path, line, row, "gpu"))

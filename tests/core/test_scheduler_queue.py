@@ -18,7 +18,6 @@ from spawner.core.scheduler import (
     decayed_usage,
     fair_order,
     largest_gang,
-    only_on_dev,
     reclaim_for_interactive,
     schedule,
 )
@@ -68,7 +67,6 @@ def test_a_job_only_dev_gpus_can_hold_waits_saying_it_will_borrow_them():
     # Once the developers are gone it starts there.
     [start] = schedule(nodes, [], [job("big", gpus=2)], {}, {}, now=1).starts
     assert start.pool == DEV_POOL and start.borrowed
-    assert only_on_dev(nodes, 2, frozenset()) and not only_on_dev(nodes, 1, frozenset())
     assert (largest_gang(nodes, (), TRAIN_POOL), largest_gang(nodes, (), DEV_POOL)) == (1, 4)
 
 

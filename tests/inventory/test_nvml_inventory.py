@@ -211,17 +211,6 @@ def test_read_utilisation_with_a_lost_gpu_is_one_log_line(install_nvml, devices,
     assert "nvmlDeviceGetUtilizationRates for GPU 1" in record.getMessage()
 
 
-def test_read_utilisation_async_gives_the_same_readings(install_nvml, devices):
-    install_nvml(devices)
-
-    readings = asyncio.run(nvml_source.read_utilisation_async())
-
-    assert [(reading.uuid, reading.gpu_percent) for reading in readings] == [
-        (devices[0].uuid, None),
-        (devices[1].uuid, 37),
-    ]
-
-
 def test_an_injected_library_is_used_instead_of_pynvml(make_nvml, fixed_host, fake_device):
     fake = make_nvml([fake_device("GPU-injected", "NVIDIA H100 80GB HBM3", 81559)])
 

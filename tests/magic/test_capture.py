@@ -12,8 +12,8 @@ import cloudpickle
 import numpy
 import pytest
 
+from spawner.core.cell_bundle import CellBundle
 from spawner.magic.capture import CaptureRefused, capture, cell_names, imported_top_names, pack
-from spawner.service.runner import CellBundle
 
 
 def notebook(source: str) -> dict:

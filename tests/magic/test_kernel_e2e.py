@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from harness import HubProcess
+from integration.kernels import evaluate, run, spawn_server, start_kernel
 from jupyter_client import BlockingKernelClient
-
-from tests.integration.hubprocess import HubProcess
-from tests.integration.kernels import evaluate, run, spawn_server, start_kernel
 
 pytestmark = pytest.mark.slow
 

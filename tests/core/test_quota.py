@@ -19,7 +19,6 @@ from spawner.core.quota import (
     Rule,
     Usage,
     batch_never_starts,
-    beyond_guarantee,
     charge_group,
     check,
     check_batch_start,
@@ -220,15 +219,6 @@ def test_check_dispatches_on_the_workload_class():
     )
     assert check(policy, Usage(), "a", None, interactive, EIGHTH).rule == "interactive_servers"
     assert check(policy, Usage(), "a", None, "batch", EIGHTH).rule == "batch_running_jobs"
-
-
-def test_beyond_guarantee_marks_borrowed_batch_work():
-    policy = QuotaPolicy(groups={"vision": Limits(batch=BatchLimits(guaranteed_gpus=2))})
-    usage = usage_of(("alice", "vision", batch, SliceRequest(gpus=1)))
-    assert not beyond_guarantee(policy, usage, "vision", SliceRequest(gpus=1))
-    assert beyond_guarantee(policy, usage, "vision", SliceRequest(gpus=2))
-    assert beyond_guarantee(policy, Usage(), None, SliceRequest(gpus=1))
-    assert not beyond_guarantee(policy, Usage(), None, SliceRequest())
 
 
 # ---------------------------------------------------------------------- values and helpers

@@ -22,9 +22,17 @@ A submission may carry an idempotency key (:meth:`JobStore.submit_checked`): the
 same owner answers the job it created the first time, so a client retrying after a lost answer
 creates nothing twice. The key, the owner's limits (queued jobs, payload bytes of unfinished
 jobs) and the new job are checked and written in one transaction under the allocator lock, so
-concurrent submissions can neither pass a limit together nor both use one key. A job's payload is
-what it needs to start (again): once it has ended it is dropped from the row (set to ``""``), so
-the database holds the scripts and cells of unfinished jobs only; its provenance stays.
+concurrent submissions can neither pass a limit together nor both use one key. Many jobs go in
+together the same way (:meth:`JobStore.submit_many`): one transaction, all of them or none, the
+limits counted across the batch itself.
+
+The paths that run at every request read plain rows of the columns they need (SQLAlchemy Core),
+never ORM objects: a submission inserts its three rows, a listing reads no payloads or
+provenance, and the scheduler's view of the queue (:meth:`JobStore.queue`) reads ten columns.
+
+A job's payload is what it needs to start (again): once it has ended it is dropped from the row
+(set to ``""``), so the database holds the scripts and cells of unfinished jobs only; its
+provenance stays.
 
 A job is ``running`` only once its process has started. A start that a crash of the service cut
 short before that leaves the job ``queued``; the next service undoes what the start had done
@@ -34,13 +42,15 @@ again under the same run id.
 
 from __future__ import annotations
 
+import json
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Select
 
 from ..core.scheduler import BatchJob
 from ..core.vocabulary import PAYLOAD_KINDS, TERMINAL_STATES, UNFINISHED_STATES, JobState, Priority
@@ -160,7 +170,7 @@ class JobRecord:
     @classmethod
     def from_row(cls, row: Any) -> JobRecord:
         """A record from a :class:`JobRow` or a plain row of ``JOB_COLUMNS`` (same names)."""
-        values = {attribute.name: getattr(row, attribute.name) for attribute in fields(cls)}
+        values = {name: getattr(row, name) for name in _RECORD_FIELDS}
         values["gpu_models"] = tuple(row.gpu_models)
         values["gpu_uuids"] = tuple(row.gpu_uuids)
         values["environment"] = dict(row.environment)
@@ -198,6 +208,10 @@ class JobRecord:
         if not include_provenance:
             del values["provenance"]
         return values
+
+
+_RECORD_FIELDS = tuple(attribute.name for attribute in fields(JobRecord))
+"""The names of a record's fields, which are also the names of :class:`JobRow`'s attributes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,8 +267,74 @@ class Submission:
     refusal: SubmissionRefusal | None = None
 
 
+@dataclass(frozen=True)
+class BatchItem:
+    """One job of :meth:`JobStore.submit_many`, with what :meth:`JobStore.submit_checked` takes."""
+
+    spec: JobSpec
+    idempotency_key: str | None = None
+    body_sha256: str | None = None
+    payload_bytes: int | None = None
+    """What the payload counts against the owner's limit; its UTF-8 size unless given."""
+
+
+@dataclass(frozen=True)
+class BatchSubmission:
+    """What :meth:`JobStore.submit_many` did, one :class:`Submission` per job in the batch's order.
+
+    All or nothing: when any job is refused, every job that was not found under its key carries
+    ``record=None``, and nothing was written.
+    """
+
+    submissions: tuple[Submission, ...]
+
+    @property
+    def refusals(self) -> list[tuple[int, SubmissionRefusal]]:
+        """The refused jobs by their index in the batch; empty when the batch was accepted."""
+        return [(index, item.refusal) for index, item in enumerate(self.submissions) if item.refusal]
+
+    @property
+    def accepted(self) -> bool:
+        return not self.refusals
+
+    @property
+    def records(self) -> list[JobRecord]:
+        """Every job of an accepted batch, in its order (new ones and those found under their keys)."""
+        return [item.record for item in self.submissions if item.record is not None]
+
+
 JOB_COLUMNS = tuple(attribute.columns[0].label(attribute.key) for attribute in JobRow.__mapper__.column_attrs)
 """Every column of a job, labelled with its attribute's name, for reads that need no ORM object."""
+
+LISTING_COLUMNS = tuple(column for column in JOB_COLUMNS if column.key not in ("payload", "provenance"))
+"""What a listing shows of a job: everything but its payload (never shown) and its provenance
+(``GET jobs/{id}`` has it; a cell's holds its whole package list)."""
+
+QUEUE_COLUMNS = (
+    JobRow.id,
+    JobRow.owner,
+    JobRow.group,
+    JobRow.gpus,
+    JobRow.priority,
+    JobRow.created_at,
+    JobRow.time_limit_s,
+    cast(JobRow.gpu_models, Text),
+    JobRow.cpu_milli,
+    JobRow.memory_mib,
+)
+"""What the scheduler needs of a queued job (a :class:`BatchJob`), in its constructor's order."""
+
+_JSON_FIELDS = ("environment", "gpu_models", "gpu_uuids")
+"""The JSON columns a listing shows."""
+
+_LISTING_SELECT = tuple(
+    cast(column, Text).label(column.key) if column.key in _JSON_FIELDS else column
+    for column in LISTING_COLUMNS
+)
+"""``LISTING_COLUMNS`` with the JSON ones as their text, which :meth:`JobStore.listing` decodes."""
+
+_COLUMN_NAMES = {attribute.key: attribute.columns[0].name for attribute in JobRow.__mapper__.column_attrs}
+"""Each job attribute's column name (``group`` is ``group_name``), for Core inserts."""
 
 
 class JobStore:
@@ -271,7 +351,7 @@ class JobStore:
     def submit(self, spec: JobSpec, now: float | None = None) -> JobRecord:
         """Queue a new job under a fresh id, and record its submission as its first event."""
         return self.ledger._write(
-            lambda session: _insert(session, self.ledger._now(now), spec, None, None, None)
+            lambda session: _insert(session, self.ledger._now(now), [(spec, None, None, None)])[0]
         )
 
     def submit_checked(
@@ -294,20 +374,78 @@ class JobStore:
         limit together, and a key is used once. ``payload_bytes`` defaults to the stored
         payload's UTF-8 size.
         """
-        size = _utf8_size(spec.payload) if payload_bytes is None else payload_bytes
+        item = BatchItem(spec, idempotency_key, body_sha256, payload_bytes)
+        return self.submit_many([item], limits=limits, now=now).submissions[0]
 
-        def work(session: Session) -> Submission:
-            if idempotency_key is not None:
-                earlier = _submission_under(session, spec.owner, idempotency_key)
-                if earlier is not None:
-                    return _answer_retry(session, earlier, body_sha256)
-            usage = _usage_of(session, spec.owner)
-            refusal = _over_limits(limits, usage, size)
-            if refusal is not None:
-                return Submission(refusal=refusal)
-            at = self.ledger._now(now)
-            record = _insert(session, at, spec, idempotency_key, body_sha256, size)
-            return Submission(record=record, created=True)
+    def submit_many(
+        self,
+        items: Iterable[BatchItem],
+        *,
+        limits: SubmissionLimits = SubmissionLimits(),
+        now: float | None = None,
+    ) -> BatchSubmission:
+        """Queue every job of ``items`` in one transaction, or none of them, saying why per job.
+
+        Each job is checked as :meth:`submit_checked` checks one, in the batch's order, with the
+        limits counted across the batch itself: an owner's earlier jobs in the batch count as
+        queued (and their payload bytes as held) when a later one is checked, so a batch cannot
+        pass a limit that the same jobs submitted one by one would meet. A job whose key its
+        owner used before is answered with the job it made then, and is no refusal (unless its
+        ``body_sha256`` differs). If any job is refused, nothing is written and the answer lists
+        every refusal; else every new job, its first event and its submission row are written,
+        all at the same time ``now``, under the allocator lock.
+        """
+        batch = list(items)
+        sizes = [
+            _utf8_size(item.spec.payload) if item.payload_bytes is None else item.payload_bytes
+            for item in batch
+        ]
+
+        def work(session: Session) -> BatchSubmission:
+            answers: list[Submission | None] = [None] * len(batch)
+            earlier = _submissions_under(
+                session, [(item.spec.owner, item.idempotency_key) for item in batch if item.idempotency_key]
+            )
+            found: dict[int, str] = {}
+            """Jobs of the batch that an earlier submission under their key made: their ids."""
+            usage: dict[str, SubmissionUsage] = {}
+            for index, (item, size) in enumerate(zip(batch, sizes, strict=True)):
+                owner = item.spec.owner
+                before = earlier.get((owner, item.idempotency_key)) if item.idempotency_key else None
+                if before is not None:
+                    if _other_body(before, item.body_sha256):
+                        answers[index] = Submission(
+                            refusal=SubmissionRefusal("idempotency_key", job_id=before.job_id)
+                        )
+                    else:
+                        found[index] = before.job_id
+                    continue
+                if owner not in usage:
+                    usage[owner] = _usage_of(session, owner, limits)
+                refusal = _over_limits(limits, usage[owner], size)
+                if refusal is not None:
+                    answers[index] = Submission(refusal=refusal)
+                    continue
+                usage[owner] = SubmissionUsage(
+                    usage[owner].queued_jobs + 1, usage[owner].payload_bytes + size
+                )
+            if any(answer is not None for answer in answers):
+                return BatchSubmission(tuple(answer or Submission() for answer in answers))
+            records = _records_by_id(session, found.values())
+            for index, job_id in found.items():
+                answers[index] = Submission(record=records[job_id], created=False)
+            new = [index for index, answer in enumerate(answers) if answer is None]
+            created = _insert(
+                session,
+                self.ledger._now(now),
+                [
+                    (batch[index].spec, batch[index].idempotency_key, batch[index].body_sha256, sizes[index])
+                    for index in new
+                ],
+            )
+            for index, record in zip(new, created, strict=True):
+                answers[index] = Submission(record=record, created=True)
+            return BatchSubmission(tuple(answer or Submission() for answer in answers))
 
         return self.ledger._write(work)
 
@@ -319,9 +457,28 @@ class JobStore:
         :meth:`submit_checked` would answer. A read, so that a retry is answered before anything
         else is checked; ``submit_checked`` looks again under the lock."""
 
-        def work(session: Session) -> Submission | None:
-            earlier = _submission_under(session, owner, idempotency_key)
-            return None if earlier is None else _answer_retry(session, earlier, body_sha256)
+        return self.find_submissions(owner, [idempotency_key], body_sha256)[0]
+
+    def find_submissions(
+        self, owner: str, idempotency_keys: Sequence[str], body_sha256: str | None = None
+    ) -> list[Submission | None]:
+        """:meth:`find_submission` for many keys of one owner at once (a batch's), in their order."""
+
+        def work(session: Session) -> list[Submission | None]:
+            earlier = _submissions_under(session, [(owner, key) for key in idempotency_keys])
+            found = [earlier.get((owner, key)) for key in idempotency_keys]
+            records = _records_by_id(
+                session,
+                [row.job_id for row in found if row is not None and not _other_body(row, body_sha256)],
+            )
+            return [
+                None
+                if row is None
+                else Submission(refusal=SubmissionRefusal("idempotency_key", job_id=row.job_id))
+                if _other_body(row, body_sha256)
+                else Submission(record=records[row.job_id], created=False)
+                for row in found
+            ]
 
         return self.ledger._read(work)
 
@@ -419,14 +576,80 @@ class JobStore:
     ) -> list[JobRecord]:
         """Jobs newest first, of one owner or of everyone, in some states or in any; the newest
         ``limit`` of them if given."""
-        query = select(*JOB_COLUMNS).order_by(JobRow.created_at.desc(), JobRow.id.desc())
-        if owner is not None:
-            query = query.where(JobRow.owner == owner)
-        if states is not None:
-            query = query.where(JobRow.state.in_([_state(state).value for state in states]))
-        if limit is not None:
-            query = query.limit(limit)
-        return self._records(query)
+        return self._records(_list_query(JOB_COLUMNS, owner, states, limit))
+
+    def listing(
+        self,
+        owner: str | None = None,
+        states: Iterable[JobState | str] | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """What :meth:`list` finds, as the JSON-ready dictionaries of ``JobRecord.to_dict(
+        include_provenance=False)``, read straight from plain rows of ``LISTING_COLUMNS``.
+
+        The listing endpoint's path: a user's listing returns hundreds of jobs, and neither their
+        payloads nor a :class:`JobRecord` per row is needed to show them. The JSON columns are
+        read as text and each distinct text decoded once, so jobs of one listing may share equal
+        lists and dictionaries: the answer is for serialising, not for changing.
+        """
+        query = _list_query(_LISTING_SELECT, owner, states, limit)
+
+        def work(session: Session) -> list[dict[str, Any]]:
+            result = session.connection().execute(query)
+            names = tuple(result.keys())
+            json_at = [names.index(name) for name in _JSON_FIELDS]
+            decoded: dict[str, Any] = {}  # most jobs' environments and GPU lists are alike
+            jobs = []
+            for row in result:
+                values = list(row)
+                for at in json_at:
+                    text = values[at]
+                    value = decoded.get(text) if isinstance(text, str) else text
+                    if value is None:
+                        value = decoded[text] = json.loads(text)
+                    values[at] = value
+                jobs.append(dict(zip(names, values, strict=True)))
+            return jobs
+
+        return self.ledger._read(work)
+
+    def queue(self) -> list[BatchJob]:
+        """The queue as the scheduler sees it, oldest first: the columns of a :class:`BatchJob`
+        only. A pass reads the whole queue every few seconds, thousands of jobs on a busy day, so
+        no payload, environment or provenance is read for it; :meth:`get` the jobs it starts."""
+        query = (
+            select(*QUEUE_COLUMNS)
+            .where(JobRow.state == JobState.queued.value)
+            .order_by(JobRow.created_at, JobRow.id)
+        )
+
+        def work(session: Session) -> list[BatchJob]:
+            models: dict[str, frozenset[str]] = {}  # one set per distinct list of GPU models
+            queue = []
+            for row in session.connection().execute(query):
+                (job_id, owner, group, gpus, priority, created_at, time_limit_s, gpu_models, cpu, memory) = (
+                    row
+                )
+                wanted = models.get(gpu_models) if isinstance(gpu_models, str) else frozenset(gpu_models)
+                if wanted is None:
+                    wanted = models[gpu_models] = frozenset(json.loads(gpu_models))
+                queue.append(
+                    BatchJob(
+                        job_id,
+                        owner,
+                        group,
+                        gpus,
+                        Priority[priority],
+                        created_at,
+                        time_limit_s,
+                        wanted,
+                        cpu,
+                        memory,
+                    )
+                )
+            return queue
+
+        return self.ledger._read(work)
 
     def queued(self) -> list[JobRecord]:
         """The queue, oldest first: the order the scheduler's fair share starts from."""
@@ -502,17 +725,74 @@ def _implied_fields(target: JobState, at: float) -> dict[str, Any]:
     return {}
 
 
+def _list_query(
+    columns: Iterable[Any], owner: str | None, states: Iterable[JobState | str] | None, limit: int | None
+) -> Select:
+    query = select(*columns).order_by(JobRow.created_at.desc(), JobRow.id.desc())
+    if owner is not None:
+        query = query.where(JobRow.owner == owner)
+    if states is not None:
+        query = query.where(JobRow.state.in_([_state(state).value for state in states]))
+    if limit is not None:
+        query = query.limit(limit)
+    return query
+
+
 def _insert(
     session: Session,
     created_at: float,
-    spec: JobSpec,
-    idempotency_key: str | None,
-    body_sha256: str | None,
-    payload_bytes: int | None,
-) -> JobRecord:
-    """Write a new queued job, its first event and its submission row; the caller holds the lock."""
-    job_id = _new_job_id(session)
-    row = JobRow(
+    jobs: Sequence[tuple[JobSpec, str | None, str | None, int | None]],
+) -> list[JobRecord]:
+    """Write new queued jobs, each with its first event and its submission row, in three Core
+    inserts (many rows each); ``jobs`` are (spec, idempotency key, body digest, payload bytes).
+    The caller holds the lock."""
+    if not jobs:
+        return []
+    ids = _new_job_ids(session, len(jobs))
+    records = [_new_record(job_id, spec, created_at) for job_id, (spec, *_) in zip(ids, jobs, strict=True)]
+    connection = session.connection()
+    connection.execute(
+        JobRow.__table__.insert(),
+        [
+            {_COLUMN_NAMES[name]: value for name, value in _row_values(record, spec).items()}
+            for record, (spec, *_) in zip(records, jobs, strict=True)
+        ],
+    )
+    # The job before its event and submission, which refer to it.
+    connection.execute(
+        JobEventRow.__table__.insert(),
+        [
+            {
+                "job_id": job_id,
+                "number": 0,
+                "at": created_at,
+                "from_state": None,
+                "to_state": "queued",
+                "reason": "submitted",
+            }
+            for job_id in ids
+        ],
+    )
+    connection.execute(
+        JobSubmissionRow.__table__.insert(),
+        [
+            {
+                "job_id": job_id,
+                "owner": spec.owner,
+                "idempotency_key": key,
+                "body_sha256": digest,
+                "payload_bytes": _utf8_size(spec.payload) if size is None else size,
+                "created_at": created_at,
+            }
+            for job_id, (spec, key, digest, size) in zip(ids, jobs, strict=True)
+        ],
+    )
+    return records
+
+
+def _new_record(job_id: str, spec: JobSpec, created_at: float) -> JobRecord:
+    """The record of a job just submitted: queued, never run."""
+    return JobRecord(
         id=job_id,
         owner=spec.owner,
         group=spec.group,
@@ -523,7 +803,7 @@ def _insert(
         environment=dict(spec.environment),
         image=spec.image,
         gpus=spec.gpus,
-        gpu_models=list(spec.gpu_models),
+        gpu_models=tuple(spec.gpu_models),
         cpu_milli=spec.cpu_milli,
         memory_mib=spec.memory_mib,
         priority=str(spec.priority),
@@ -536,27 +816,20 @@ def _insert(
         reason="submitted",
         lease_id=None,
         node=None,
-        gpu_uuids=[],
+        gpu_uuids=(),
         pool=None,
         borrowed=False,
         attempts=0,
         provenance=dict(spec.provenance),
     )
-    session.add(row)
-    session.flush()  # the job before its event and submission, which refer to it
-    _add_event(session, job_id, created_at, None, row.state, "submitted")
-    session.add(
-        JobSubmissionRow(
-            job_id=job_id,
-            owner=spec.owner,
-            idempotency_key=idempotency_key,
-            body_sha256=body_sha256,
-            payload_bytes=_utf8_size(spec.payload) if payload_bytes is None else payload_bytes,
-            created_at=created_at,
-        )
-    )
-    session.flush()
-    return JobRecord.from_row(row)
+
+
+def _row_values(record: JobRecord, spec: JobSpec) -> dict[str, Any]:
+    """The row of a new job, by attribute name: the record's values, lists where JSON holds them."""
+    values = {name: getattr(record, name) for name in _RECORD_FIELDS}
+    values["gpu_models"] = list(record.gpu_models)
+    values["gpu_uuids"] = []
+    return values
 
 
 def _add_event(
@@ -571,19 +844,46 @@ def _add_event(
     )
 
 
-def _submission_under(session: Session, owner: str, idempotency_key: str) -> JobSubmissionRow | None:
-    return session.scalar(
-        select(JobSubmissionRow).where(
-            JobSubmissionRow.owner == owner, JobSubmissionRow.idempotency_key == idempotency_key
-        )
-    )
+def _submissions_under(
+    session: Session, keys: Sequence[tuple[str, str | None]]
+) -> dict[tuple[str, str], JobSubmissionRow]:
+    """The earlier submissions under the (owner, idempotency key) pairs given, by pair (plain
+    rows with ``job_id`` and ``body_sha256``)."""
+    wanted = {(owner, key) for owner, key in keys if key is not None}
+    if not wanted:
+        return {}
+    found: dict[tuple[str, str], Any] = {}
+    by_owner: dict[str, list[str]] = {}
+    for owner, key in wanted:
+        by_owner.setdefault(owner, []).append(key)
+    for owner, owner_keys in by_owner.items():
+        for start in range(0, len(owner_keys), 500):  # a bound on the statement's parameters
+            rows = session.execute(
+                select(
+                    JobSubmissionRow.idempotency_key, JobSubmissionRow.job_id, JobSubmissionRow.body_sha256
+                ).where(
+                    JobSubmissionRow.owner == owner,
+                    JobSubmissionRow.idempotency_key.in_(owner_keys[start : start + 500]),
+                )
+            )
+            for row in rows:
+                found[owner, row.idempotency_key] = row
+    return found
 
 
-def _answer_retry(session: Session, earlier: JobSubmissionRow, body_sha256: str | None) -> Submission:
-    """The job an earlier submission under the same key created, or the refusal of another body."""
-    if body_sha256 is not None and earlier.body_sha256 is not None and body_sha256 != earlier.body_sha256:
-        return Submission(refusal=SubmissionRefusal("idempotency_key", job_id=earlier.job_id))
-    return Submission(record=JobRecord.from_row(session.get(JobRow, earlier.job_id)), created=False)
+def _other_body(earlier: Any, body_sha256: str | None) -> bool:
+    """Whether a submission under a key used before asks for something else than the first."""
+    return body_sha256 is not None and earlier.body_sha256 is not None and body_sha256 != earlier.body_sha256
+
+
+def _records_by_id(session: Session, job_ids: Iterable[str]) -> dict[str, JobRecord]:
+    """The records of the jobs named, by id, read in a few queries of at most 500 ids each."""
+    ids = list(job_ids)
+    records = {}
+    for start in range(0, len(ids), 500):
+        for row in session.execute(select(*JOB_COLUMNS).where(JobRow.id.in_(ids[start : start + 500]))):
+            records[row.id] = JobRecord.from_row(row)
+    return records
 
 
 def _over_limits(
@@ -597,28 +897,39 @@ def _over_limits(
     return None
 
 
-def _usage_of(session: Session, owner: str) -> SubmissionUsage:
+def _usage_of(session: Session, owner: str, limits: SubmissionLimits | None = None) -> SubmissionUsage:
     """The owner's queued jobs, and the payload bytes of their unfinished jobs (for a job queued
-    before submissions were recorded, the length of its stored payload)."""
-    queued = session.scalar(
-        select(func.count()).where(JobRow.owner == owner, JobRow.state == JobState.queued.value)
-    )
-    size = func.coalesce(JobSubmissionRow.payload_bytes, func.length(JobRow.payload))
-    payload_bytes = session.scalar(
-        select(func.coalesce(func.sum(size), 0))
-        .select_from(JobRow)
-        .outerjoin(JobSubmissionRow, JobSubmissionRow.job_id == JobRow.id)
-        .where(JobRow.owner == owner, JobRow.state.in_([state.value for state in UNFINISHED_STATES]))
-    )
+    before submissions were recorded, the length of its stored payload).
+
+    Given ``limits``, a figure whose limit is 0 (unbounded) is not counted (0 stands for it):
+    nothing would be checked against it.
+    """
+    queued = 0
+    if limits is None or limits.max_queued_jobs:
+        queued = session.scalar(
+            select(func.count()).where(JobRow.owner == owner, JobRow.state == JobState.queued.value)
+        )
+    payload_bytes = 0
+    if limits is None or limits.max_payload_bytes:
+        size = func.coalesce(JobSubmissionRow.payload_bytes, func.length(JobRow.payload))
+        payload_bytes = session.scalar(
+            select(func.coalesce(func.sum(size), 0))
+            .select_from(JobRow)
+            .outerjoin(JobSubmissionRow, JobSubmissionRow.job_id == JobRow.id)
+            .where(JobRow.owner == owner, JobRow.state.in_([state.value for state in UNFINISHED_STATES]))
+        )
     return SubmissionUsage(int(queued or 0), int(payload_bytes or 0))
 
 
-def _new_job_id(session: Session) -> str:
-    """A fresh id: 48 random bits, drawn again in the unlikely case that it is taken."""
-    while True:
-        job_id = JOB_ID_PREFIX + secrets.token_hex(6)
-        if session.get(JobRow, job_id) is None:
-            return job_id
+def _new_job_ids(session: Session, count: int) -> list[str]:
+    """``count`` fresh ids: 48 random bits each, drawn again in the unlikely case that one is
+    taken (by an earlier job, or by another of the same batch)."""
+    ids: list[str] = []
+    while len(ids) < count:
+        drawn = {JOB_ID_PREFIX + secrets.token_hex(6) for _ in range(count - len(ids))} - set(ids)
+        taken = set(session.scalars(select(JobRow.id).where(JobRow.id.in_(drawn))))
+        ids.extend(sorted(drawn - taken))
+    return ids
 
 
 def _utf8_size(text: str) -> int:

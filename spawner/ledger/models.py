@@ -263,7 +263,14 @@ class JobRow(Base):
     attempts: Mapped[int]
     provenance: Mapped[dict[str, object]] = mapped_column(JSON)
 
-    __table_args__ = (Index("ix_jobs_state_created", "state", "created_at"),)
+    __table_args__ = (
+        # The scheduler's queue (state = queued, oldest first) and an admin's listing by state.
+        Index("ix_jobs_state_created", "state", "created_at"),
+        # A user's listing (GET jobs?state=queued, newest first) and the per-user limits counted at
+        # every submission: the owner's jobs in one state, already in time order, without a sort
+        # or a walk over everyone's queue.
+        Index("ix_jobs_owner_state_created", "owner", "state", "created_at", "id"),
+    )
 
 
 class JobEventRow(Base):

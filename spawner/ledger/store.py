@@ -89,6 +89,8 @@ class Ledger:
         self.engine: Engine = create_ledger_engine(url, busy_timeout_s=busy_timeout_s, echo=echo)
         self._writes = sessionmaker(self.engine, expire_on_commit=False)
         self._reads = sessionmaker(reader(self.engine), expire_on_commit=False)
+        self._nodes: tuple[Node, ...] | None = None
+        """The present nodes as this ledger's last :meth:`sync_inventory` left them (see :meth:`nodes`)."""
 
     def __repr__(self) -> str:
         return f"Ledger({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -135,6 +137,11 @@ class Ledger:
             # Two replicas starting together would otherwise race to create the same tables.
             lock_connection(connection)
             Base.metadata.create_all(connection)
+            # create_all makes the indexes of the tables it creates only: a ledger written by an
+            # older version gains the indexes added since (the hot paths' queries rely on them).
+            for table in Base.metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(connection, checkfirst=True)
 
     # ----------------------------------------------------------------------------- inventory
 
@@ -199,11 +206,24 @@ class Ledger:
                 log.warning("live leases on absent GPUs (kept): %s", ", ".join(stranded))
             return InventorySync(tuple(sorted(added)), tuple(sorted(removed)), tuple(absent), tuple(stranded))
 
-        return self._write(work)
+        self._nodes = None
+        try:
+            return self._write(work)
+        finally:
+            self._nodes = None  # read again, after the sync's commit
 
     def nodes(self) -> list[Node]:
-        """The present nodes with their present GPUs, as the last sync left them."""
-        return self._read(_present_nodes)
+        """The present nodes with their present GPUs, as the last sync left them.
+
+        Read once and then kept: every job submission checks its gang against the largest node,
+        and the inventory changes only through :meth:`sync_inventory`, which the one service
+        owning the ledger calls (at its start) and which forgets the copy. Grants do not use it:
+        they read the nodes inside their locked transaction.
+        """
+        nodes = self._nodes
+        if nodes is None:
+            nodes = self._nodes = tuple(self._read(_present_nodes))
+        return list(nodes)
 
     # ---------------------------------------------------------------------------- allocation
 

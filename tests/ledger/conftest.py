@@ -1,31 +1,23 @@
 """Fixtures for the ledger tests: a small inventory, ledgers on SQLite, and a throwaway PostgreSQL.
 
 The PostgreSQL server is started from the distribution's binaries into a temporary directory and
-stopped at the end of the session, so the tests need no running database and leave nothing
-behind. As root, PostgreSQL refuses to run, so it runs as the ``postgres`` system user.
+stopped at the end of the session (:mod:`harness.postgres`, which the load benchmark uses too), so
+the tests need no running database and leave nothing behind.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import pwd
-import re
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from harness.postgres import PostgresServer, PostgresUnavailable
+from harness.postgres import postgres_server as postgres_server_for_tests
 
 from spawner.core.units import GPU, Node
 from spawner.ledger import Ledger
-
-POSTGRES_PACKAGE_HINT = "install Debian's `postgresql` package (apt-get install postgresql)"
 
 
 def small_inventory() -> list[Node]:
@@ -67,111 +59,15 @@ def clock() -> FakeClock:
 # ------------------------------------------------------------------------------ PostgreSQL
 
 
-@dataclass(frozen=True)
-class PostgresServer:
-    host: str
-    port: int
-    user: str
-    database: str = "gpuslice_test"
-
-    def url(self, schema: str) -> str:
-        """A URL whose connections work in ``schema``: a fresh schema is much cheaper than a database."""
-        return (
-            f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{self.database}"
-            f"?options=-csearch_path%3D{schema}"
-        )
-
-    def execute(self, statement: str, database: str | None = None) -> None:
-        import psycopg
-
-        with psycopg.connect(
-            host=self.host, port=self.port, user=self.user, dbname=database or self.database, autocommit=True
-        ) as connection:
-            connection.execute(statement)
-
-
-def _postgres_bin_dir() -> Path | None:
-    def version(path: Path) -> tuple[int, ...]:
-        return tuple(int(part) for part in re.findall(r"\d+", path.parent.parent.name))
-
-    installed = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=version)
-    if installed:
-        return installed[-1].parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _unprivileged_prefix(base: Path) -> list[str]:
-    """How to run PostgreSQL's programs: as ourselves, or as root via the ``postgres`` user."""
-    if os.geteuid() != 0:
-        return []
-    try:
-        account = pwd.getpwnam("postgres")
-    except KeyError:
-        created = subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"],
-            capture_output=True,
-            text=True,
-        )
-        if created.returncode != 0:
-            pytest.skip(f"running as root and could not create a postgres user: {created.stderr.strip()}")
-        account = pwd.getpwnam("postgres")
-    os.chown(base, account.pw_uid, account.pw_gid)
-    return ["runuser", "-u", "postgres", "--"]
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of our own on 127.0.0.1, for this test session only."""
-    pytest.importorskip("psycopg", reason="the psycopg driver is missing: pip install 'psycopg[binary]'")
-    bin_dir = _postgres_bin_dir()
-    if bin_dir is None:
-        pytest.skip(f"PostgreSQL server binaries (initdb, pg_ctl) not found; {POSTGRES_PACKAGE_HINT}")
-    base = Path(tempfile.mkdtemp(prefix="gpuslice-postgres-"))
+    """A PostgreSQL server of our own on 127.0.0.1, for this test session only (see
+    :mod:`harness.postgres`); the tests that need it are skipped where it cannot start."""
     try:
-        prefix = _unprivileged_prefix(base)
-        data, log = base / "data", base / "server.log"
-        subprocess.run(
-            [
-                *prefix,
-                str(bin_dir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        port = _free_port()
-        options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
-        started = subprocess.run(
-            [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "start"],
-            capture_output=True,
-            text=True,
-        )
-        if started.returncode != 0:
-            server_log = log.read_text() if log.exists() else ""
-            pytest.fail(f"PostgreSQL did not start: {started.stderr}\n{server_log}")
-        server = PostgresServer(host="127.0.0.1", port=port, user="postgres")
-        server.execute(f"CREATE DATABASE {server.database}", database="postgres")
-        try:
+        with postgres_server_for_tests() as server:
             yield server
-        finally:
-            subprocess.run(
-                [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                capture_output=True,
-            )
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    except PostgresUnavailable as reason:
+        pytest.skip(str(reason))
 
 
 @pytest.fixture

@@ -3,6 +3,12 @@
 At start it makes the ledger's tables, discovers the GPUs (in a thread: NVML can block), tells the
 ledger the inventory, and loads the profiles. A profiles directory with mistakes stops the service
 with the whole list of them, because a service serving yesterday's quotas would be worse.
+
+Then it assembles the service, each part built with the parts it uses: ledger -> allocator ->
+job service -> batch scheduler (which the allocator lends idle dev GPUs to) -> web application.
+The web application's routes are the REST API's (``api/``, one module per resource) and the
+pages' (``pages.py``); every handler reaches the service's parts through the application's
+settings, filled once in :meth:`GPUSliceService.make_web_app`.
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ from spawner.ledger.jobs import JobStore
 
 from . import lifetime
 from .allocator import Allocator
+from .api import NotFoundHandler, route_pattern
+from .api import default_handlers as api_handlers
 from .body_limit import ServiceWebApplication
 from .executor import LocalExecutor
-from .handlers import NotFoundHandler, handlers
 from .hub_users import HubUserDirectory
 from .job_request import (
     DEFAULT_MAX_TIME_LIMIT_S,
@@ -43,10 +50,17 @@ from .job_request import (
 from .jobs import JobService
 from .lifetime import PidFile, ServiceAlreadyRunning
 from .log_filter import TORNADO_LOGS, EscapeControls
-from .pages import STATIC_DIR
+from .pages import STATIC_DIR, page_routes
 from .paths import state_dir
 from .reconcile import LeaseReconciler
 from .scheduling import BatchScheduler
+
+
+def routes(prefix: str, hub_auth: HubOAuth | None) -> list[tuple[str, type[web.RequestHandler]]]:
+    """The tornado routes under ``prefix`` (e.g. ``/services/gpuslice/``): the REST API below
+    ``api/v1/``, then the web pages and their OAuth callback."""
+    api = [(route_pattern(prefix, template), handler) for template, handler in api_handlers]
+    return api + page_routes(prefix, hub_auth)
 
 
 class GPUSliceService(Application):
@@ -212,11 +226,11 @@ class GPUSliceService(Application):
         """,
     ).tag(config=True)
 
-    def body_limit(self, jobs: JobService | None) -> int:
+    def body_limit(self, jobs: JobService) -> int:
         """``max_body_bytes``, or the default it describes for these jobs' limits."""
         if self.max_body_bytes is not None:
             return self.max_body_bytes
-        largest = max(jobs.max_cell_payload_bytes, jobs.max_payload_bytes) if jobs is not None else 0
+        largest = max(jobs.max_cell_payload_bytes, jobs.max_payload_bytes)
         return -(-largest * 4 // 3) + 16 * 2**20
 
     @validate("max_time_limit")
@@ -297,26 +311,26 @@ class GPUSliceService(Application):
                 secret_file.write(secrets.token_hex(32) + "\n")
         return bytes.fromhex(path.read_text().strip())
 
-    def make_web_app(self, allocator: Allocator, jobs: JobService | None = None) -> web.Application:
-        settings = {
-            "allocator": allocator,
-            "hub_auth": self.hub_auth,
-            "service_name": self.service_name,
-            "admin_scope": self.admin_scope,
-            "hub_admins_are_admins": self.hub_admins_are_admins,
-        }
+    def make_web_app(self, allocator: Allocator, jobs: JobService) -> web.Application:
+        """The tornado application; its settings are how every handler reaches the service's parts
+        (``self.allocator``, ``self.jobs``, ``self.hub_auth``, ... on the handlers' base)."""
         return ServiceWebApplication(
-            handlers(self.service_prefix, settings),
+            routes(self.service_prefix, self.hub_auth),
+            allocator=allocator,
             jobs=jobs,
+            hub_auth=self.hub_auth,
+            service_name=self.service_name,
+            service_prefix=self.service_prefix,
+            admin_scope=self.admin_scope,
+            hub_admins_are_admins=self.hub_admins_are_admins,
+            max_time_limit_s=self.max_time_limit_s(),
+            max_body_bytes=self.body_limit(jobs),
             cookie_secret=self.cookie_secret(),
             # The pages' script and style sheet, served by tornado's StaticFileHandler.
             static_path=str(STATIC_DIR),
             static_url_prefix=f"{self.service_prefix}static/",
             # Every other path: a JSON 404, like every error of the service.
             default_handler_class=NotFoundHandler,
-            default_handler_args={"prefix": self.service_prefix},
-            max_body_bytes=self.body_limit(jobs),
-            max_time_limit_s=self.max_time_limit_s(),
         )
 
     async def serve(self) -> None:
@@ -330,16 +344,16 @@ class GPUSliceService(Application):
         allocator = await self.prepare_allocator()
         url = urlparse(self.service_url)
         jobs = self.make_job_service(allocator)
-        scheduler = BatchScheduler(parent=self)
+        scheduler = BatchScheduler(jobs, allocator, jobs.executor, parent=self)
+        # Idle dev GPUs are lent to batch jobs; a slice that needs them has the scheduler stop them.
+        allocator.lend_dev_gpus_to(scheduler)
         web_app = self.make_web_app(allocator, jobs)
-        # POST leases asks the scheduler to take dev GPUs back from batch jobs for a slice.
-        web_app.settings["scheduler"] = scheduler
         # Tornado's own body limit too, behind BodyLimit's JSON 413 (which answers first).
         server = web_app.listen(
             url.port or 80, url.hostname or "127.0.0.1", max_body_size=web_app.settings["max_body_bytes"]
         )
         reconciling = LeaseReconciler(parent=self).start(allocator, self.users)
-        scheduling = scheduler.start(jobs)
+        scheduling = scheduler.start()
         self.log.info("gpuslice service at %s%s", self.service_url.rstrip("/"), self.service_prefix)
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -15,7 +15,7 @@ asks the hub whose it is. Three kinds of caller matter:
   user's lease is, to them, a lease that does not exist (404).
 
 Batch jobs' leases belong to the service alone, whoever asks: the scheduler grants them and gives
-them back. ``handlers.py`` applies these rules; ``sees_everyone`` is the line between them.
+them back. The API handlers (``api/``) apply these rules; ``sees_everyone`` is the line between them.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ from typing import Any
 
 from tornado import httputil, web
 
-from .handlers import error_json
-from .job_request import describe_size
+from spawner.core.units import describe_size
+
+from .api.base import error_json
 
 
 class BodyLimit(httputil.HTTPMessageDelegate):

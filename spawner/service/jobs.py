@@ -1,9 +1,11 @@
 """Batch jobs in the service: submitting, reading, cancelling, and the steps the scheduler takes.
 
-:class:`JobService` is the one place that touches the job store, the executor and the leases of
-jobs together. Every store and ledger call runs in a worker thread; everything that changes a
-job's state (the scheduler's pass, a cancel) holds :attr:`JobService.lock`, so that a cancel
-never lands between a job's grant and its start.
+:class:`JobService` is the facade the API handlers and the scheduler call: the one place that
+touches the job store, the executor and the leases of jobs together (the leases through the
+allocator). Every store call runs in a worker thread; everything that changes a job's state (the
+scheduler's pass, a cancel, a reclaim) holds :attr:`JobService.lock`, so that a cancel never
+lands between a job's grant and its start. Reading logs is :mod:`.job_logs`'s, a run's files
+:mod:`.run_files`'s, and stopping runs (preemptions, cancellations) :mod:`.job_stops`'s.
 """
 
 from __future__ import annotations
@@ -11,13 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
-import os
-import stat
+import hashlib
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,18 +24,29 @@ from traitlets import Float, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from spawner.core import quota
-from spawner.core.scheduler import DEV_POOL, TRAIN_POOL, largest_gang
-from spawner.core.units import Lease
-from spawner.ledger.jobs import JobRecord, JobSpec, JobStore, Submission, SubmissionLimits
-from spawner.ledger.store import Ledger
+from spawner.core.scheduler import largest_gang
+from spawner.core.units import Lease, Node
+from spawner.core.vocabulary import CELL_PAYLOAD, DEV_POOL, TERMINAL_STATES, TRAIN_POOL, JobState, Priority
+from spawner.ledger.jobs import (
+    BatchItem,
+    BatchSubmission,
+    JobEvent,
+    JobRecord,
+    JobSpec,
+    JobStore,
+    Submission,
+    SubmissionLimits,
+)
 
-from . import job_files
+from . import run_files
 from .allocator import Allocator
-from .executor.base import ExecutionSpec, ExecutionState, ExecutionStatus, Executor, UnknownJob
-from .executor.jobdir import nofollow
+from .executor.base import ExecutionSpec, ExecutionStatus, Executor, UnknownJob
+from .holdings import HoldingJobs
 from .hub_users import HubUser
 from .job_files import UntrustedFile
+from .job_logs import JobLog
 from .job_request import CellPayload, JobBody, JobBodyError, parse_duration
+from .job_stops import JobStops
 from .metrics import ServiceMetrics
 from .paths import state_dir
 from .payload import (
@@ -48,9 +58,9 @@ from .payload import (
     VALUES_FILE,
     job_key,
     load_or_create_master_key,
-    write_signed_payload,
 )
 from .queue_view import QueueSnapshot
+from .runs import Stopping, run_id
 from .submissions import (
     IdempotencyConflict,
     SubmissionRefused,
@@ -62,38 +72,22 @@ from .submissions import (
 
 Result = TypeVar("Result")
 
-TERMINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-STATES = ("queued", "running", "succeeded", "failed", "cancelled", "preempted")
-SCRIPT_NAME = "script.py"
+__all__ = ["BatchRefused", "JobService", "Stopping", "run_id"]
+
+MAX_KEY_LENGTH = 255
+"""The longest idempotency key the ledger stores (a batch's jobs are stored under ``<key>/<index>``)."""
 
 
-@dataclass
-class Stopping:
-    """A stop under way (a preemption or a cancel): the job has its stop signal, and its process
-    is not gone yet, so it still holds its GPUs."""
+class BatchRefused(JobBodyError):
+    """Jobs of a batch that cannot be queued, so none of it was: ``errors`` are (index, sentence)."""
 
-    job_id: str
-    started: float
-    """``time.monotonic()`` when the stop signal went out."""
-    grace_s: float
-    task: asyncio.Task | None = None
-
-    def seconds_left(self) -> float:
-        """How long the job may still take to checkpoint before it is killed."""
-        return max(0.0, self.started + self.grace_s - time.monotonic())
+    def __init__(self, errors: list[tuple[int, str]], count: int):
+        self.errors = errors
+        self.count = count
+        super().__init__(f"{len(errors)} of {count} jobs refused; nothing was queued")
 
 
-def run_id(record: JobRecord, attempt: int | None = None) -> str | None:
-    """The id of a job's run (its lease and its executor job): ``<job id>-<attempt>``.
-
-    Each start is a new run, so a job started again after a preemption gets a new lease and a
-    fresh executor directory; ``attempt`` defaults to the latest run (None before the first).
-    """
-    attempt = record.attempts if attempt is None else attempt
-    return f"{record.id}-{attempt}" if attempt else None
-
-
-class JobService(LoggingConfigurable):
+class JobService(JobStops, LoggingConfigurable):
     """Submission rules and the job operations behind the REST API and the scheduler."""
 
     high_priority_groups = List(
@@ -135,6 +129,17 @@ class JobService(LoggingConfigurable):
         over the user's queued, running and checkpointing jobs, the new one included: the
         service keeps these to start the jobs (again), and drops a job's payload once it has
         ended. A submission past it is refused (400) with the limit and the user's usage.
+        """,
+    ).tag(config=True)
+
+    max_jobs_per_batch = Int(
+        1000,
+        help="""The most jobs one ``POST jobs/batch`` may carry; a longer batch is refused (400).
+
+        A batch is queued in one ledger transaction, all of it or none, so its size bounds how long
+        that transaction holds the allocator lock (about a millisecond per job on SQLite). The
+        body is bounded too, by ``GPUSliceService.max_body_bytes``, and the jobs count against the
+        per-user limits like jobs submitted one by one.
         """,
     ).tag(config=True)
 
@@ -205,10 +210,6 @@ class JobService(LoggingConfigurable):
         self.cancellations: dict[str, Stopping] = {}
         """Cancelled jobs whose process is still stopping (their lease not yet given back), by job id."""
 
-    @property
-    def ledger(self) -> Ledger:
-        return self.allocator.ledger
-
     async def call(self, function: Callable[..., Result], *args: Any, **kwargs: Any) -> Result:
         return await asyncio.to_thread(functools.partial(function, *args, **kwargs))
 
@@ -220,22 +221,132 @@ class JobService(LoggingConfigurable):
 
         :class:`JobBodyError` (400) for a body that cannot run or that a limit refuses,
         :class:`IdempotencyConflict` (409) for a key used before for another body.
+
+        One ledger transaction on the usual path: the rules that need no database (priority,
+        gang size against the cached inventory, quota) are checked first, and the key, the limits
+        and the insert together under the lock. A retry is answered whatever the rules say now (a
+        limit reached since, a GPU gone from the inventory): the key is looked up before a rule's
+        refusal is given, and before the limits by the store.
         """
         digest = None
         if idempotency_key is not None:
-            digest = await self.call(body_digest, body)
-            # A retry is answered before anything is checked again: the job exists whatever the
-            # rules say now (a limit reached since, a GPU gone from the inventory).
-            earlier = await self.call(self.store.find_submission, user.name, idempotency_key, digest)
-            if earlier is not None:
-                return self._answer_retry(earlier, idempotency_key)
-        if body.priority == "high" and not (user.admin or set(user.groups) & set(self.high_priority_groups)):
+            digest = body_digest(body) if body.cell is None else await self.call(body_digest, body)
+        nodes = await self.allocator.nodes()
+        try:
+            spec = self._spec(user, body, nodes)
+        except JobBodyError:
+            if idempotency_key is not None:
+                earlier = await self.call(self.store.find_submission, user.name, idempotency_key, digest)
+                if earlier is not None:
+                    return self._answer_retry(earlier, idempotency_key)
+            raise
+        size = payload_size(body)
+        submission = await self.call(
+            self.store.submit_checked,
+            spec,
+            idempotency_key=idempotency_key,
+            body_sha256=digest,
+            payload_bytes=size,
+            limits=self.submission_limits(),
+        )
+        if submission.refusal is not None and submission.refusal.rule != "idempotency_key":
+            raise SubmissionRefused(limit_message(user.name, submission.refusal, size))
+        if not submission.created:
+            return self._answer_retry(submission, idempotency_key or "")
+        record = submission.record
+        self.log.info("job %s (%s) of %s queued: %d GPUs", record.id, record.name, record.owner, record.gpus)
+        return submission
+
+    async def submit_many(
+        self, user: HubUser, bodies: list[JobBody | JobBodyError], idempotency_key: str | None = None
+    ) -> BatchSubmission:
+        """Queue every job of ``bodies`` for ``user`` in one ledger transaction, or none of them.
+
+        Each job is checked as :meth:`submit` checks one, and the per-user limits count the
+        batch's own jobs; :class:`BatchRefused` (400) lists every job refused, by index, and then
+        nothing was queued. A :class:`JobBodyError` in ``bodies`` is a job the caller could not
+        parse: refused as it says, and the others are still checked, so that one answer names
+        every job to fix. ``created`` is false on the answer when the batch was queued before
+        under ``idempotency_key``: the key covers the whole batch (its jobs are stored under
+        ``<key>/<index>`` with the digest of the whole batch), so a retry of the same batch
+        answers the same jobs and the same key with another batch is an
+        :class:`IdempotencyConflict` (409).
+        """
+        if len(bodies) > self.max_jobs_per_batch:
+            raise JobBodyError(
+                f"jobs: {len(bodies)} jobs in one batch, and the limit is {self.max_jobs_per_batch}"
+                " (JobService.max_jobs_per_batch); split it into several batches"
+            )
+        keys: list[str | None] = [None] * len(bodies)
+        digest = None
+        if idempotency_key is not None:
+            longest = MAX_KEY_LENGTH - len(f"/{len(bodies) - 1}")
+            if len(idempotency_key) > longest:
+                raise JobBodyError(
+                    f"Idempotency-Key: a batch of {len(bodies)} jobs takes a key of at most {longest}"
+                    " characters (its jobs are stored under <key>/<index>)"
+                )
+            keys = [f"{idempotency_key}/{index}" for index in range(len(bodies))]
+            digest = await self.call(_batch_digest, bodies)
+        nodes = await self.allocator.nodes()
+        items, errors = [], []
+        for index, body in enumerate(bodies):
+            if isinstance(body, JobBodyError):
+                errors.append((index, str(body)))
+                continue
+            try:
+                spec = self._spec(user, body, nodes)
+            except JobBodyError as error:
+                errors.append((index, str(error)))
+                continue
+            items.append(BatchItem(spec, keys[index], digest, payload_size(body)))
+        if errors:
+            if idempotency_key is not None:
+                earlier = await self.call(self.store.find_submissions, user.name, keys, digest)
+                if earlier[0] is not None:
+                    return self._answer_batch_retry(earlier, idempotency_key)
+            raise BatchRefused(errors, len(bodies))
+        batch = await self.call(self.store.submit_many, items, limits=self.submission_limits())
+        conflicts = [refusal for _, refusal in batch.refusals if refusal.rule == "idempotency_key"]
+        if conflicts:
+            raise IdempotencyConflict(conflict_message(idempotency_key or "", conflicts[0]))
+        if batch.refusals:
+            refused = [
+                (index, limit_message(user.name, refusal, items[index].payload_bytes or 0))
+                for index, refusal in batch.refusals
+            ]
+            raise BatchRefused(refused, len(bodies))
+        created = [item.record for item in batch.submissions if item.created]
+        if created:
+            self.log.info("%d jobs of %s queued in one batch", len(created), user.name)
+        else:
+            self.log.info("a batch of %d jobs of %s: submitted again under its key", len(bodies), user.name)
+        return batch
+
+    def _answer_batch_retry(self, earlier: list[Submission | None], key: str) -> BatchSubmission:
+        """The jobs an earlier batch under ``key`` made, or IdempotencyConflict for another batch."""
+        for submission in earlier:
+            if submission is None or submission.refusal is not None:
+                refusal = submission.refusal if submission is not None else None
+                raise IdempotencyConflict(
+                    conflict_message(key, refusal)
+                    if refusal is not None
+                    else f"Idempotency-Key {key!r} was used before for a batch of another length; a retry"
+                    " must send the same batch under the same key, and a new batch needs a new key"
+                )
+        return BatchSubmission(tuple(earlier))  # type: ignore[arg-type] - none is None here
+
+    def _spec(self, user: HubUser, body: JobBody, nodes: list[Node]) -> JobSpec:
+        """What ``body`` asks the store to queue for ``user``; :class:`JobBodyError` if no rule that
+        needs no database lets it (priority, gang size on ``nodes``, quota)."""
+        if body.priority == Priority.high.name and not (
+            user.admin or set(user.groups) & set(self.high_priority_groups)
+        ):
             allowed = ", ".join(sorted(self.high_priority_groups)) or "no group"
             raise JobBodyError(
                 f"priority: 'high' is for members of {allowed} and admins, and user {user.name} is neither; "
                 "submit with priority 'normal' or 'low'"
             )
-        nodes = await self.call(self.ledger.nodes)
         on_train = largest_gang(nodes, body.gpu_models, TRAIN_POOL)
         on_dev = largest_gang(nodes, body.gpu_models, DEV_POOL)
         if body.gpus > max(on_train, on_dev):
@@ -249,12 +360,12 @@ class JobService(LoggingConfigurable):
                 f"jobs while idle); ask for {largest} or fewer"
                 + ("" if largest else " (there is no GPU for batch jobs: ask an admin to add one)")
             )
-        policy = self.allocator.profiles.quotas
+        policy = self.allocator.quotas
         group = quota.charge_group(user.groups, policy)
         never = quota.batch_never_starts(policy, user.name, group, body.gpus, body.time_limit_s)
         if never is not None:
             raise JobBodyError(never)
-        spec = JobSpec(
+        return JobSpec(
             owner=user.name,
             group=group,
             name=body.name,
@@ -271,22 +382,9 @@ class JobService(LoggingConfigurable):
             time_limit_s=body.time_limit_s,
             provenance=body.provenance,
         )
-        size = payload_size(body)
-        submission = await self.call(
-            self.store.submit_checked,
-            spec,
-            idempotency_key=idempotency_key,
-            body_sha256=digest,
-            payload_bytes=size,
-            limits=SubmissionLimits(self.max_queued_jobs_per_user, self.max_payload_bytes_per_user),
-        )
-        if submission.refusal is not None and submission.refusal.rule != "idempotency_key":
-            raise SubmissionRefused(limit_message(user.name, submission.refusal, size))
-        if not submission.created:
-            return self._answer_retry(submission, idempotency_key or "")
-        record = submission.record
-        self.log.info("job %s (%s) of %s queued: %d GPUs", record.id, record.name, record.owner, record.gpus)
-        return submission
+
+    def submission_limits(self) -> SubmissionLimits:
+        return SubmissionLimits(self.max_queued_jobs_per_user, self.max_payload_bytes_per_user)
 
     def _answer_retry(self, submission: Submission, key: str) -> Submission:
         """The job an earlier submission under ``key`` made, or IdempotencyConflict for another body."""
@@ -309,109 +407,60 @@ class JobService(LoggingConfigurable):
     ) -> list[JobRecord]:
         return await self.call(self.store.list, owner=owner, states=states, limit=limit)
 
-    async def events(self, job_id: str) -> list[Any]:
+    async def listing(
+        self, owner: str | None, states: list[str] | None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The jobs :meth:`list` finds, as JSON-ready dictionaries without payload or provenance:
+        what ``GET jobs`` shows, read as plain rows (see ``JobStore.listing``)."""
+        return await self.call(self.store.listing, owner=owner, states=states, limit=limit)
+
+    async def queued(self) -> list[JobRecord]:
+        """The queue, in the order the store keeps it."""
+        return await self.call(self.store.queued)
+
+    async def running(self) -> list[JobRecord]:
+        return await self.call(self.store.running)
+
+    async def events(self, job_id: str) -> list[JobEvent]:
         return await self.call(self.store.events, job_id)
 
     async def read_log(self, record: JobRecord, offset: int, follow: bool) -> dict[str, Any]:
-        """Log text from ``offset``; with ``follow`` wait up to ``log_follow_seconds`` for some.
+        """Log text from ``offset``; with ``follow`` wait up to ``log_follow_seconds`` for some
+        (see :meth:`.job_logs.JobLog.read`)."""
+        log = JobLog(self.executor, self.get, self.events, self.log_chunk_bytes, self.log_follow_seconds)
+        return await log.read(record, offset, follow)
 
-        The log of a job is the logs of all its runs in order, each run after the first opened by a
-        marker line that says why it ran again, and offsets address that whole text: a run before
-        the latest has ended and its log no longer grows, so every offset keeps meaning the same
-        byte however many runs follow, and a client following the log loses and repeats nothing.
-        """
-        deadline = time.monotonic() + (self.log_follow_seconds if follow else 0)
-        while True:
-            data, next_offset = await self._read_log(record, offset)
-            if data or record.state in TERMINAL_STATES or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(0.25)
-            record = await self.get(record.id) or record
-        text, used = _complete_utf8(data, final=record.state in TERMINAL_STATES)
-        next_offset = offset + used if used < len(data) else next_offset
-        done = record.state in TERMINAL_STATES and len(data) < self.log_chunk_bytes
-        return {"data": text, "next_offset": next_offset, "done": done, "state": record.state}
-
-    async def _read_log(self, record: JobRecord, offset: int) -> tuple[bytes, int]:
-        """Up to ``log_chunk_bytes`` of the job's whole log (all runs) from ``offset``."""
-        if offset < 0:
-            raise ValueError(f"offset must not be negative, got {offset}")
-        segments = await self._log_segments(record)
-        wanted = self.log_chunk_bytes
-        chunks: list[bytes] = []
-        start = 0
-        for segment in segments:
-            if wanted <= 0:
-                break
-            if isinstance(segment, bytes):
-                if offset < start + len(segment):
-                    piece = segment[max(0, offset - start) : max(0, offset - start) + wanted]
-                    chunks.append(piece)
-                    wanted -= len(piece)
-                start += len(segment)
-                continue
-            run, size = segment
-            if size is not None and offset >= start + size:
-                start += size
-                continue
-            piece = await self._read_run_log(
-                run,
-                max(0, offset - start),
-                wanted if size is None else min(wanted, start + size - max(offset, start)),
-            )
-            chunks.append(piece)
-            wanted -= len(piece)
-            if size is None:
-                break  # the latest run: nothing follows it yet
-            start += size
-        data = b"".join(chunks)
-        return data, offset + len(data)
-
-    async def _log_segments(self, record: JobRecord) -> list[bytes | tuple[str, int | None]]:
-        """The job's log as pieces: for each run ``(run id, its size)``, the latest with size None
-        (it may still grow), and between runs the marker line as bytes."""
-        if record.attempts <= 1:
-            run = run_id(record)
-            return [(run, None)] if run else []
-        events = await self.events(record.id)
-        why = [event.reason for event in events if event.to_state == "preempted"]
-        segments: list[bytes | tuple[str, int | None]] = []
-        for attempt in range(1, record.attempts + 1):
-            run = run_id(record, attempt)
-            if attempt == record.attempts:
-                segments.append((run, None))
-                break
-            size, last_byte = await self.call(_log_size_and_last_byte, self.executor.log_path(run))
-            segments.append((run, size))
-            reason = why[attempt - 1] if attempt - 1 < len(why) else "it was started again"
-            marker = f"--- run {attempt + 1} (after preemption: {reason}) ---\n"
-            if size and last_byte != b"\n":
-                marker = "\n" + marker  # the marker starts a line of its own
-            segments.append(marker.encode("utf-8"))
-        return segments
-
-    async def _read_run_log(self, run: str, offset: int, limit: int) -> bytes:
-        try:
-            data, _ = await self.executor.read_log(run, offset, limit)
-        except (UnknownJob, ValueError):
-            return b""  # not started yet: no log so far
-        return data
+    async def holding_jobs(self) -> HoldingJobs:
+        """The jobs holding GPUs: the running ones and those stopping (checkpointing for a
+        preemption, or cancelled and not yet gone)."""
+        stops = self.stopping()
+        running, preempted, cancelling = await asyncio.gather(
+            self.call(self.store.running),
+            self.call(self.store.list, states=[JobState.preempted.value]),
+            asyncio.gather(*(self.call(self.store.get, job_id) for job_id in list(self.cancellations))),
+        )
+        stopping_records = preempted + [
+            record for record in cancelling if record is not None and record.state != JobState.preempted
+        ]
+        return HoldingJobs(
+            running, preempted, stopping_records, {record.id for record in stopping_records} | set(stops)
+        )
 
     # ------------------------------------------------------------------------ state changes
 
     async def transition(self, job_id: str, state: str, reason: str, **fields: Any) -> JobRecord:
         record = await self.call(self.store.transition, job_id, state, reason, **fields)
         # Every change of a job's state passes here, so this is where the metrics see it.
-        if state == "running":
+        if state == JobState.running:
             self.metrics.observe_start(record.group, record.priority, record.started_at - record.created_at)
-        elif state == "preempted":
+        elif state == JobState.preempted:
             self.metrics.observe_preemption(record.group)
-        elif state in ("succeeded", "failed", "cancelled"):
+        elif state in TERMINAL_STATES:
             self.metrics.observe_outcome(record.group, state)
         return record
 
     async def release(self, lease_id: str) -> Lease | None:
-        return await self.call(self.ledger.release, lease_id)
+        return await self.allocator.release(lease_id)
 
     async def finish(self, record: JobRecord, state: str, reason: str, exit_code: int | None) -> JobRecord:
         """End a running job: record how, then give its GPUs back."""
@@ -437,8 +486,8 @@ class JobService(LoggingConfigurable):
                 return record
             reason = f"cancelled by {by}"
             self.queue = self.queue.without(job_id)
-            cancelled = await self.transition(record.id, "cancelled", reason, ended_at=time.time())
-            if record.state == "running":
+            cancelled = await self.transition(record.id, JobState.cancelled, reason, ended_at=time.time())
+            if record.state == JobState.running:
                 # The stop signal goes out before the answer, so that it reaches the job even if
                 # the service ends right after; waiting for the process is left to the background.
                 with contextlib.suppress(UnknownJob, ValueError):
@@ -449,106 +498,15 @@ class JobService(LoggingConfigurable):
             self.log.info("job %s of %s %s", record.id, record.owner, reason)
             return cancelled
 
-    def stop_in_background(self, record: JobRecord, grace_s: float) -> Stopping:
-        """Stop the latest run of a job that has ended (it was cancelled, or the service restarted
-        while it stopped) and then give its lease back; the job's state is not touched.
-
-        If the process outlives its kill, the lease is kept and the next scheduling pass tries
-        again (:meth:`BatchScheduler._release_orphans`).
-        """
-        running = self.cancellations.get(record.id)
-        if running is not None:
-            return running
-        stopping = Stopping(record.id, time.monotonic(), grace_s)
-        self.cancellations[record.id] = stopping
-
-        async def stop() -> None:
-            try:
-                # A run's executor job and its lease share one id (see run_id).
-                run = record.lease_id or run_id(record) or ""
-                if await self._stop_run(run, record.id, grace_s) and record.lease_id:
-                    await self.release(record.lease_id)
-                    self.log.info("job %s: its process is gone; lease %s given back", record.id, run)
-            except Exception:
-                self.log.exception("job %s: stopping its process failed; the next pass retries", record.id)
-            finally:
-                self.cancellations.pop(record.id, None)
-
-        stopping.task = asyncio.get_running_loop().create_task(stop())
-        return stopping
-
-    def stopping(self) -> dict[str, Stopping]:
-        """Every stop under way, preemptions and cancellations, by job id."""
-        return {**self.cancellations, **self.preemptions}
-
-    async def preempt(self, job_id: str, reason: str, grace_s: float) -> bool:
-        """Send a running job that must yield its GPUs its stop signal, and return at once.
-
-        The job is ``preempted`` from now on (the API shows it checkpointing) and keeps its lease,
-        so nothing else is placed on its GPUs while it writes its checkpoint; a background task
-        waits up to ``grace_s`` for the process to exit (then kills it), gives the lease back and
-        puts the job back in the queue. Neither the scheduling pass nor an HTTP request waits for
-        the grace period. Whether this call started a preemption (False: the job is not running,
-        or its preemption is already under way). The caller holds :attr:`lock`, as for every
-        change of a job's state; the background task takes it for its own.
-        """
-        if job_id in self.preemptions:
-            return False
-        record = await self.get(job_id)
-        if record is None or record.state != "running":
-            return False
-        record = await self.transition(record.id, "preempted", reason)
-        self.log.info("job %s of %s preempted (grace %gs): %s", record.id, record.owner, grace_s, reason)
-        self.resume_preemption(record, grace_s)
-        return True
-
-    def resume_preemption(self, record: JobRecord, grace_s: float) -> Stopping:
-        """Finish the preemption of a ``preempted`` job in the background (after a restart too)."""
-        running = self.preemptions.get(record.id)
-        if running is not None:
-            return running
-        preemption = Stopping(record.id, time.monotonic(), grace_s)
-        self.preemptions[record.id] = preemption
-        preemption.task = asyncio.get_running_loop().create_task(self._finish_preemption(record, grace_s))
-        return preemption
-
-    async def _finish_preemption(self, record: JobRecord, grace_s: float) -> None:
-        """Wait for the process to go, then release its lease and queue the job again (unless it
-        was cancelled meanwhile).
-
-        If the process cannot be stopped (the executor failed, or it outlived the kill), the job
-        stays ``preempted`` with its lease, and the next scheduling pass tries again.
-        """
-        try:
-            if not await self._stop_run(run_id(record) or "", record.id, grace_s):
-                return
-            async with self.lock:
-                if record.lease_id:
-                    await self.release(record.lease_id)
-                current = await self.get(record.id)
-                if current is None or current.state != "preempted":
-                    # cancelled while it checkpointed: it stays so, and its GPUs are free now
-                    self.log.info("job %s stopped after its preemption, and stays cancelled", record.id)
-                    return
-                await self.transition(record.id, "queued", "back in the queue after preemption")
-            self.log.info("job %s stopped after its preemption; back in the queue", record.id)
-        except Exception:
-            self.log.exception(
-                "job %s: finishing its preemption failed; the next pass tries again", record.id
-            )
-        finally:
-            self.preemptions.pop(record.id, None)
-
-    async def _stop_run(self, run: str, job_id: str, grace_s: float) -> bool:
-        """SIGTERM, up to ``grace_s`` to checkpoint, then SIGKILL; whether the process is gone."""
-        try:
-            status = await self.executor.stop(run, grace_s)
-        except (UnknownJob, ValueError):
-            return True  # its process never started, so there is nothing to stop
-        if status.state is ExecutionState.running:
-            self.log.warning("job %s still runs after its stop; the next pass tries again", job_id)
-            return False
-        return True
+    def publish(
+        self, queue: QueueSnapshot, waiting: Iterable[JobRecord], usage: Mapping[str | None, float]
+    ) -> None:
+        """What a scheduling pass left, where the API reads it: the places and reasons of the jobs
+        it left ``waiting`` (replaced whole, so a reader holding it sees one pass), and the queue
+        and fair-share metrics. The caller holds :attr:`lock`, so no cancel lands in between."""
+        self.queue = queue
+        self.metrics.observe_queue((record.group, record.priority) for record in waiting)
+        self.metrics.observe_fair_share(usage)
 
     async def launch(self, record: JobRecord, lease: Lease) -> None:
         """Write the job's files (script, or signed cell payload) and start it on the lease's GPUs.
@@ -566,14 +524,14 @@ class JobService(LoggingConfigurable):
             JOB_FILES_VARIABLE: str(files),
             RESULTS_VARIABLE: str(files / RESULTS_DIR),
         }
-        if record.payload_kind == "cell":
+        if record.payload_kind == CELL_PAYLOAD:
             cell = CellPayload.from_stored(record.payload)
             key = job_key(await self.call(self.master_key), record.id)
-            path = await self.call(_write_cell, files, owners, key, record.id, cell)
+            path = await self.call(run_files.write_cell, files, owners, key, record.id, cell)
             argv = [self.python, "-m", "spawner.service.runner", str(path)]
             environment[KEY_VARIABLE] = key.hex()
         else:
-            script = await self.call(_write_script, files, owners, record.payload)
+            script = await self.call(run_files.write_script, files, owners, record.payload)
             argv = [self.python, str(script)]
         await self.executor.start(
             ExecutionSpec(
@@ -621,11 +579,7 @@ class JobService(LoggingConfigurable):
         except UntrustedFile as error:
             self.log.warning("job %s: its result summary was not read: %s", record.id, error)
             return None
-        try:
-            summary = json.loads(data.decode("utf-8"))
-        except ValueError:
-            return None
-        return summary if isinstance(summary, dict) else None
+        return run_files.parse_summary(data)
 
     async def result_values(self, record: JobRecord) -> bytes:
         """The pickled values of a cell job, as the runner wrote them (the service never loads them).
@@ -636,14 +590,8 @@ class JobService(LoggingConfigurable):
         return await self._read_result(record, VALUES_FILE)
 
     async def _read_result(self, record: JobRecord, name: str) -> bytes:
-        """One file of a job's results, read without following a link (see :func:`.job_files.read_file`)."""
-        owners = self._file_owners(record)
         return await self.call(
-            job_files.read_file,
-            self.job_files_dir(record.id),
-            (RESULTS_DIR, name),
-            owners=owners,
-            directory_owners=owners | {os.geteuid()},
+            run_files.read_result, self.job_files_dir(record.id), name, self._file_owners(record)
         )
 
     async def process_status(self, record: JobRecord) -> ExecutionStatus | None:
@@ -654,76 +602,8 @@ class JobService(LoggingConfigurable):
             return None
 
 
-def _complete_utf8(data: bytes, final: bool) -> tuple[str, int]:
-    """Decode ``data`` up to its last whole character, unless it is the log's end."""
-    if final:
-        return data.decode("utf-8", errors="replace"), len(data)
-    for cut in range(len(data), max(len(data) - 4, 0) - 1, -1):
-        try:
-            return data[:cut].decode("utf-8"), cut
-        except UnicodeDecodeError as error:
-            if error.start < cut - 4:
-                break
-    return data.decode("utf-8", errors="replace"), len(data)
-
-
-@contextlib.contextmanager
-def _fresh_job_files(directory: Path, owners: frozenset[int]) -> Iterator[int]:
-    """The job's files directory, open, without the results of an earlier run.
-
-    Created private to the service on the first run; on a later one it may be the owner's (the
-    executor gave it away), so it is opened without following a link and only an empty results
-    directory of the service's own is put in it (the executor gives that away too). The
-    descriptor is for writing the job's file through; it is closed on leaving.
-    """
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    # scripts_dir is the admin's path (it may be a link); from there on nothing is followed.
-    parent = os.open(directory.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if owners - {os.geteuid()}:
-            _check_private(parent, directory.parent)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory.name, 0o700, dir_fd=parent)
-        mine = owners | {os.geteuid()}
-        with job_files.opened_directory(directory.name, dir_fd=parent, owners=mine) as files:
-            job_files.remove(files, RESULTS_DIR)
-            os.mkdir(RESULTS_DIR, 0o700, dir_fd=files)
-            yield files
-    finally:
-        os.close(parent)
-
-
-def _check_private(fd: int, path: Path) -> None:
-    """Refuse to put a job's files in ``JobService.scripts_dir`` if another account could write it:
-    the job files directories there are root's to create and hand over."""
-    info = os.fstat(fd)
-    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
-        raise UntrustedFile(
-            f"JobService.scripts_dir {path} is writable by others (uid {info.st_uid}, mode"
-            f" {stat.S_IMODE(info.st_mode):o}); it must be the service's alone (chmod go-w) when jobs run"
-            " as their owners"
-        )
-
-
-def _log_size_and_last_byte(path: Path) -> tuple[int, bytes]:
-    """The size of an ended run's log and its last byte (b"" when it is empty or missing)."""
-    try:
-        with open(path, "rb", opener=nofollow) as file:
-            size = file.seek(0, 2)
-            if size == 0:
-                return 0, b""
-            file.seek(size - 1)
-            return size, file.read(1)
-    except FileNotFoundError:
-        return 0, b""
-
-
-def _write_script(directory: Path, owners: frozenset[int], payload: str) -> Path:
-    with _fresh_job_files(directory, owners) as files:
-        job_files.replace_file(files, SCRIPT_NAME, payload.encode("utf-8"))
-    return directory / SCRIPT_NAME
-
-
-def _write_cell(directory: Path, owners: frozenset[int], key: bytes, job_id: str, cell: CellPayload) -> Path:
-    with _fresh_job_files(directory, owners) as files:
-        return write_signed_payload(directory, key, job_id, cell.python, cell.payload, dir_fd=files)
+def _batch_digest(bodies: list[JobBody | JobBodyError]) -> str:
+    """One SHA-256 of a whole batch: of its jobs' digests in order (blocking: call in a thread); a
+    job that did not parse counts by its error."""
+    digests = (body_digest(body) if isinstance(body, JobBody) else f"refused: {body}" for body in bodies)
+    return hashlib.sha256("\n".join(digests).encode("utf-8", "surrogatepass")).hexdigest()

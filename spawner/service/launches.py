@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from spawner.ledger.jobs import JobRecord
 
 from .executor import LocalExecutor, jobdir
-from .executor.base import ExecutionState, UnknownJob
+from .executor.base import ExecutionState, Executor, UnknownJob
 
 if TYPE_CHECKING:
     from .jobs import JobService
@@ -44,10 +44,9 @@ if TYPE_CHECKING:
 CUT_SHORT = "its start was cut short when the service stopped (no process had started); back in the queue"
 
 
-async def run_was_started(jobs: JobService, record: JobRecord, run: str) -> bool:
+async def run_was_started(jobs: JobService, executor: Executor, record: JobRecord, run: str) -> bool:
     """Whether the queued job's run ``run`` got as far as a process (then adopt it); if it did
     not, whatever the start left (a grant, a run directory) is undone here and the job waits on."""
-    executor = jobs.executor
     try:
         status = await executor.status(run)
     except UnknownJob:
@@ -61,7 +60,7 @@ async def run_was_started(jobs: JobService, record: JobRecord, run: str) -> bool
             await asyncio.to_thread(executor.record_supervisor, directory, supervisor)
             jobs.log.info("job %s: run %s: supervisor pid %d found unrecorded", record.id, run, supervisor)
             return True
-    held = await jobs.call(jobs.ledger.record, run)
+    held = await jobs.allocator.record(run)
     left_behind = directory is not None and await asyncio.to_thread(os.path.lexists, directory)
     if held is None and not left_behind:
         return False  # the usual case: the job never got as far as its grant

@@ -3,13 +3,12 @@
 What an admin wants on a dashboard: how long the queue is and how long jobs wait (per group and
 priority), how many GPUs are held (per pool and workload class), how often work is preempted,
 each group's fair-share usage, and how jobs end. Queue, usage and outcome figures are fed by the
-scheduling loop as it decides; GPU holdings are read from the ledger when Prometheus scrapes, so
-they are never stale.
+scheduling loop as it decides; GPU holdings are read from the allocator when Prometheus scrapes,
+so they are never stale.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter as Tally
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -109,10 +108,8 @@ class ServiceMetrics:
         for (pool, workload), gpus in held.items():
             self.gpus_allocated.labels(pool=pool, workload=workload).set(gpus)
 
-    async def render(self, ledger) -> tuple[bytes, str]:
-        """The exposition text, after reading current holdings from the ledger (in a thread)."""
-        nodes, leases = await asyncio.gather(
-            asyncio.to_thread(ledger.nodes), asyncio.to_thread(ledger.list_leases)
-        )
+    def render(self, nodes: Sequence[Node], leases: Iterable[Lease]) -> tuple[bytes, str]:
+        """The exposition text, with the GPU holdings set from ``nodes`` and the live ``leases``
+        (read from the allocator when Prometheus scrapes)."""
         self.observe_holdings(nodes, leases)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

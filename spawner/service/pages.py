@@ -4,8 +4,9 @@ People reach them from the hub's "Services" menu and log in through the hub's OA
 (:class:`~jupyterhub.services.auth.HubOAuth`); the login leaves a cookie for the service's path.
 The jobs page is a shell that its script fills from the REST API (the same calls the CLI makes,
 authenticated by that cookie plus the page's XSRF token), so that states, queue positions and logs
-follow live without reloading. The admin page is rendered on the server, in one pass over the
-ledger, because it shows everyone's holdings and no user-facing API call returns all of it.
+follow live without reloading. The admin page is rendered on the server, from the allocator's
+and the job service's views, because it shows everyone's holdings and no user-facing API call
+returns all of it.
 
 Every piece of user-provided text (job names, reasons, log lines) is escaped: Jinja2 autoescapes the
 templates, and the script only ever sets ``textContent``.
@@ -13,7 +14,6 @@ templates, and the script only ever sets ``textContent``.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from pathlib import Path
@@ -24,14 +24,12 @@ from jinja2 import Environment, FileSystemLoader
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
 
-from spawner.core.quota import HolderUsage, Limits
 from spawner.core.scheduler import describe_duration
 from spawner.core.units import MILLI_PER_GPU
+from spawner.core.vocabulary import TERMINAL_STATES, JobState
 
-from .allocator import holder_json
-from .handlers import ServiceUserMixin, error_sentence
-from .jobs import TERMINAL_STATES, JobService
-from .serialize import job_json
+from .api.base import ServiceUserMixin, error_sentence
+from .serialize import holder_view, job_json
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE / "templates"
@@ -40,7 +38,7 @@ STATIC_DIR = HERE / "static"
 TEMPLATES = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True)
 """Autoescaping on for every template: job names and reasons are whatever their owners typed."""
 
-QUEUE_STATES = ["running", "queued"]
+QUEUE_STATES = [JobState.running.value, JobState.queued.value]
 
 
 def limit_text(value: float | None, unit: str = "") -> str:
@@ -82,10 +80,6 @@ class PageHandler(ServiceUserMixin, HubOAuthenticated, web.RequestHandler):
 
     def refuse_entry(self, message: str) -> web.HTTPError:
         return web.HTTPError(403, "%s", message)
-
-    @property
-    def jobs(self) -> JobService | None:
-        return self.application.settings.get("jobs")
 
     async def prepare(self) -> None:
         model = await self.hub_auth.get_user(self, sync=False)
@@ -159,12 +153,11 @@ class AdminPageHandler(PageHandler):
         gpu_labels = {gpu["uuid"]: f"{gpu['node']} #{gpu['index']}" for gpu in gpus}
         for job in queue:
             job["gpu_labels"] = [gpu_labels.get(uuid, uuid) for uuid in job["gpu_uuids"]]
-        groups = await asyncio.to_thread(self.group_usage)
+        groups = await self.allocator.group_usage()
         self.render_page(
             "admin.html",
             title="gpuslice admin",
             page="admin",
-            jobs_enabled=self.jobs is not None,
             queue=queue,
             gpus=gpus,
             groups=groups,
@@ -173,65 +166,35 @@ class AdminPageHandler(PageHandler):
 
     async def queue(self) -> list[dict[str, Any]]:
         """Running jobs (longest running first), then the queue in the scheduler's order."""
-        if self.jobs is None:
-            return []
         records = await self.jobs.list(None, QUEUE_STATES)
         snapshot = self.jobs.queue
         queue = [job_json(record, snapshot, listing=True, everyone=True) for record in records]
         running = sorted(
-            (job for job in queue if job["state"] == "running"), key=lambda job: job["started_at"] or 0
+            (job for job in queue if job["state"] == JobState.running), key=lambda job: job["started_at"] or 0
         )
         waiting = sorted(
-            (job for job in queue if job["state"] != "running"),
+            (job for job in queue if job["state"] != JobState.running),
             key=lambda job: (job["queue_position"] is None, job["queue_position"] or 0, job["created_at"]),
         )
         return running + waiting
 
-    def group_usage(self) -> list[dict[str, Any]]:
-        """Every group with a quota entry or a holding: what it holds and its limits (a thread's work)."""
-        policy = self.allocator.profiles.quotas
-        usage = self.allocator.ledger.usage()
-        names = sorted(set(policy.groups) | set(usage.groups))
-        return [group_view(name, usage.of_group(name), policy.for_group(name)) for name in names]
+
+class OAuthCallbackHandler(ServiceUserMixin, HubOAuthCallbackHandler):
+    """JupyterHub's end of the OAuth login, with the service's own HubOAuth from the settings (not
+    a new instance)."""
 
 
-def holder_view(holder: dict[str, Any], jobs_by_lease: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """One lease's share of a GPU, saying whether a batch job or a notebook server holds it."""
-    job = jobs_by_lease.get(holder["lease_id"])
-    return {
-        **holder,
-        "kind": "job" if job else "server",
-        "job_id": job["id"] if job else None,
-        "job_name": job["name"] if job else None,
-    }
+default_handlers = [
+    ("", RootPageHandler),
+    ("jobs", JobsPageHandler),
+    ("admin", AdminPageHandler),
+]
+"""The pages, by their path below the service's prefix."""
 
 
-def group_view(name: str, held: HolderUsage, limits: Limits) -> dict[str, Any]:
-    """A group's holdings beside its limits, as the admin page's quota table shows them: the
-    interactive figures the spawn page shows too, and the batch ones."""
-    return {
-        **holder_json(name, held, limits),
-        "batch_jobs": held.batch_jobs,
-        "max_running_jobs": limits.batch.max_running_jobs,
-        "batch_gpus": held.batch_gpus,
-        "guaranteed_gpus": limits.batch.guaranteed_gpus,
-        "max_batch_gpus": limits.batch.max_gpus,
-        "borrowing_limit_gpus": limits.batch.borrowing_limit_gpus,
-        "gpu_hours_week": held.batch_gpu_hours_week,
-        "max_gpu_hours_week": limits.batch.max_gpu_hours_week,
-    }
-
-
-class OAuthCallbackHandler(HubOAuthCallbackHandler):
-    """JupyterHub's end of the OAuth login, with the service's own HubOAuth (not a new instance)."""
-
-    def initialize(self, hub_auth: HubOAuth) -> None:
-        self.hub_auth = hub_auth
-
-
-def page_handlers(prefix: str, handler_settings: dict[str, Any]) -> list[tuple[str, type, dict[str, Any]]]:
-    """The pages under ``prefix`` and the OAuth callback where the hub sends the browser back."""
-    hub_auth = handler_settings["hub_auth"]
+def page_routes(prefix: str, hub_auth: HubOAuth | None) -> list[tuple[str, type[web.RequestHandler]]]:
+    """The pages under ``prefix`` (each with or without a trailing slash) and the OAuth callback
+    where the hub sends the browser back."""
     callback_path = ""
     if isinstance(hub_auth, HubOAuth):
         # The hub tells a managed service its redirect URI ($JUPYTERHUB_OAUTH_CALLBACK_URL), by
@@ -239,9 +202,8 @@ def page_handlers(prefix: str, handler_settings: dict[str, Any]) -> list[tuple[s
         callback_path = urlparse(hub_auth.oauth_redirect_uri).path
     callback_path = callback_path or f"{prefix}oauth_callback"
     base = re.escape(prefix.rstrip("/"))
-    return [
-        (rf"{base}/?$", RootPageHandler, handler_settings),
-        (rf"{base}/jobs/?$", JobsPageHandler, handler_settings),
-        (rf"{base}/admin/?$", AdminPageHandler, handler_settings),
-        (re.escape(callback_path) + "$", OAuthCallbackHandler, {"hub_auth": hub_auth}),
+    routes: list[tuple[str, type[web.RequestHandler]]] = [
+        (base + (f"/{re.escape(path)}" if path else "") + "/?$", handler)
+        for path, handler in default_handlers
     ]
+    return [*routes, (re.escape(callback_path) + "$", OAuthCallbackHandler)]

@@ -6,7 +6,7 @@ releases holds its GPU slice for ever. The service therefore compares, now and t
 interactive leases with the servers the hub knows, and releases the leases of servers the hub no
 longer has. Spawners name a lease's holder ``"user/server"`` ("" is the default server).
 
-A lease held by anything else has an expiry (``lease_request.py`` says how holders are written,
+A lease held by anything else has an expiry (:mod:`spawner.core.vocabulary` says how holders are written,
 and the API refuses any other lease), and is released once that has passed, whether or not the hub
 is reachable. Leases of batch jobs are never touched here: the scheduler gives them back. An
 interactive lease with neither (granted before expiries existed) is logged once, for an admin to
@@ -24,10 +24,10 @@ from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
 from spawner.core.units import Lease, WorkloadClass
+from spawner.core.vocabulary import holder_expiry, server_of_holder
 
 from .allocator import Allocator
 from .hub_users import HubUserDirectory
-from .lease_request import holder_expiry, server_of_holder
 
 
 def server_of(lease: Lease) -> tuple[str, str] | None:

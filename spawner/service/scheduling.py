@@ -1,34 +1,38 @@
 """The batch scheduling loop: the live side of ``core.scheduler``.
 
-Every ``interval_seconds`` one pass (under the job service's lock, so that a cancel never races a
-start):
+:class:`BatchScheduler` is built with its collaborators: the job service (the store's jobs, their
+state changes and stops), the allocator (every grant, the nodes batch work may use), and the
+executor. Every ``interval_seconds`` one pass (under the job service's lock, so that a cancel never
+races a start):
 
 1. polls the executor for every running job, and finishes those that exited (succeeded or
    failed, with the exit code and "time limit reached" when the executor stopped them) or whose
    process vanished, giving back their leases;
-2. builds the scheduler's view from the ledger: nodes, the live leases (interactive slices and
+2. builds the scheduler's view: the nodes batch work may use (the allocator moves the dev GPUs it
+   holds for interactive slices out of the pools), the live leases (interactive slices and
    anything not held by a running job just occupy their GPUs), running jobs with their
    placements, the queue, each group's guaranteed and borrowable GPUs, and each group's decayed
    GPU usage;
 3. asks ``core.scheduler.schedule`` for a decision, the same code the simulator replays;
-4. applies it: a lease on the chosen placement for every start, then the process; for every
-   preemption a ``preempted`` record and the stop signal, while a background task waits out the
-   grace period, gives the lease back and queues the job again (``JobService.preempt``), so a
-   job checkpointing for 30 s holds up neither this pass nor the API;
-5. keeps the waiting reasons and queue positions for ``GET jobs/{id}``, and writes each group's
-   decayed usage to the ledger, where the next service (after a restart) reads it back.
+4. applies it: the allocator grants a lease on the chosen placement for every start, then the
+   process starts; for every preemption a ``preempted`` record and the stop signal, while a
+   background task waits out the grace period, gives the lease back and queues the job again
+   (``JobService.preempt``), so a job checkpointing for 30 s holds up neither this pass nor the API;
+5. returns what it decided (:class:`PassResult`: starts, preemptions, finished jobs, and the
+   waiting jobs' places and reasons as a :class:`QueueSnapshot`), which the loop publishes where
+   ``GET jobs/{id}`` reads it, and writes each group's decayed usage to the ledger (through the
+   allocator), where the next service (after a restart) reads it back.
 
 A job being preempted still holds its GPUs until its process is gone: the pass counts it as
 running and ``stopping``, so that nothing else is placed on its GPUs and nobody else is preempted
-for the same need. Dev GPUs taken back for an interactive slice (:meth:`reclaim_for_interactive`)
-stay reserved for that slice for a while after their borrower stopped, so that the next pass does
-not lend them out again before the spawner's retry arrives.
+for the same need. The scheduler is also the allocator's :class:`~.allocator.Borrowers`: when an
+interactive slice needs dev GPUs that batch jobs borrowed, the allocator decides which jobs go and
+the scheduler preempts them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -41,18 +45,18 @@ from traitlets.config import LoggingConfigurable
 from spawner.core import scheduler
 from spawner.core.quota import QuotaPolicy
 from spawner.core.scheduler import GroupShare, RunningJob, Start, describe_duration
-from spawner.core.units import Lease, Node, SliceRequest, WorkloadClass
+from spawner.core.units import Lease, WorkloadClass
+from spawner.core.vocabulary import TERMINAL_STATES, JobState
 from spawner.ledger import LeaseConflictError, LedgerError
 from spawner.ledger.jobs import JobRecord
 
 from . import launches
-from .executor.base import ExecutionState
-from .jobs import TERMINAL_STATES, JobService, run_id
+from .allocator import Allocator
+from .executor.base import ExecutionState, Executor
+from .holdings import running_jobs
+from .jobs import JobService
 from .queue_view import QueueSnapshot
-
-RESERVED_POOL = "reserved-for-interactive"
-"""The pool a reclaimed dev GPU is in for the scheduler while it waits for its interactive slice:
-no batch request asks for it, so no pass lends the GPU out again meanwhile."""
+from .runs import run_id
 
 LOST = "the job's process vanished"
 LOST_IN_RESTART = "lost when the service restarted"
@@ -71,55 +75,22 @@ def group_shares(policy: QuotaPolicy, groups: Sequence[str | None]) -> dict[str 
 
 
 @dataclass(frozen=True)
-class GPUHoldings:
-    """What holds which GPUs at one moment, as the pass and the interactive reclaim read it."""
+class PassResult:
+    """What one scheduling pass decided and did."""
 
-    nodes: list[Node]
-    leases: dict[str, Lease]
-    """Every live lease by id."""
-    running: list[JobRecord]
-    preempted: list[JobRecord]
-    stopping_records: list[JobRecord]
-    """Jobs still holding GPUs while they stop: checkpointing for a preemption, or cancelled."""
-    stopping: set[str]
-    """Ids of those jobs, whose GPUs come back without anyone else being stopped."""
-
-
-@dataclass(frozen=True)
-class InteractiveHold:
-    """Dev GPUs taken back for one interactive request, kept from batch jobs until ``until``."""
-
-    gpu_uuids: tuple[str, ...]
-    until: float
-    """``time.monotonic()`` after which the GPUs may be lent to batch jobs again."""
-
-
-@dataclass(frozen=True)
-class Reclaiming:
-    """What ``POST leases`` answers while batch jobs give back the dev GPUs a slice needs."""
-
-    jobs: int
-    gpus: list[str]
-    retry_after_s: int
-    ready_within_s: float
-
-    def message(self) -> str:
-        jobs = f"{self.jobs} batch job{'s' if self.jobs != 1 else ''}"
-        gpus = f"dev GPU{'s' if len(self.gpus) != 1 else ''} {', '.join(self.gpus)}"
-        return (
-            f"stopping {jobs} that borrowed the {gpus} (a stop signal to checkpoint, then the end); "
-            f"the slice is ready within ~{max(1, math.ceil(self.ready_within_s))} s: ask again then"
-        )
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "status": 409,
-            "reason": "reclaiming",
-            "message": self.message(),
-            "retry_after": self.retry_after_s,
-            "stopping_jobs": self.jobs,
-            "gpus": self.gpus,
-        }
+    decision: scheduler.Decision
+    started: tuple[str, ...]
+    """Jobs whose process started in this pass."""
+    preempted: tuple[str, ...]
+    """Jobs whose preemption this pass began."""
+    finished: tuple[JobRecord, ...]
+    """Jobs that ended since the last pass (exited, timed out, or lost)."""
+    queue: QueueSnapshot
+    """The jobs the pass left waiting, in its order, with their reasons."""
+    waiting: tuple[JobRecord, ...]
+    """Their records."""
+    usage: dict[str | None, float]
+    """Each group's decayed GPU-seconds, as the pass weighed them."""
 
 
 class BatchScheduler(LoggingConfigurable):
@@ -156,143 +127,110 @@ class BatchScheduler(LoggingConfigurable):
         """,
     ).tag(config=True)
 
-    def __init__(self, **kwargs):
+    def __init__(self, jobs: JobService, allocator: Allocator, executor: Executor, **kwargs):
         super().__init__(**kwargs)
+        self.jobs = jobs
+        self.allocator = allocator
+        self.executor = executor
         self.usage: dict[str | None, float] = defaultdict(float)
         self._usage_at: float | None = None
         self._usage_loaded = False
         self._callback: PeriodicCallback | None = None
-        self.held_for_interactive: dict[str, InteractiveHold] = {}
-        """Dev GPUs reclaimed for an interactive slice, by the lease id the slice is asked under."""
 
     # ------------------------------------------------------------------------------- running
 
-    async def poll_running(self, jobs: JobService, lost_reason: str = LOST) -> list[JobRecord]:
+    async def poll_running(self, lost_reason: str = LOST) -> list[JobRecord]:
         """Finish every running job whose process exited or vanished; the jobs it finished."""
+        jobs = self.jobs
         finished = []
-        for record in await jobs.call(jobs.store.running):
+        for record in await jobs.running():
             status = await jobs.process_status(record)
             if status is not None and status.state is ExecutionState.running:
                 continue
             if status is None or status.state is ExecutionState.lost:
-                finished.append(await jobs.finish(record, "failed", lost_reason, exit_code=None))
+                finished.append(await jobs.finish(record, JobState.failed, lost_reason, exit_code=None))
                 continue
             if status.timed_out:
-                state = "failed"
+                state = JobState.failed
                 reason = f"time limit reached ({describe_duration(record.time_limit_s)})"
             elif status.exit_code == 0:
-                state, reason = "succeeded", "the script exited with code 0"
+                state, reason = JobState.succeeded, "the script exited with code 0"
             elif status.exit_code is not None and status.exit_code < 0:
-                state, reason = "failed", f"the script was killed by signal {-status.exit_code}"
+                state, reason = JobState.failed, f"the script was killed by signal {-status.exit_code}"
             else:
-                state, reason = "failed", f"the script exited with code {status.exit_code}"
+                state, reason = JobState.failed, f"the script exited with code {status.exit_code}"
             finished.append(await jobs.finish(record, state, reason, exit_code=status.exit_code))
         return finished
 
     # ----------------------------------------------------------------------------- one pass
 
-    async def _gpu_holdings(self, jobs: JobService) -> GPUHoldings:
-        """The nodes, every live lease by id, and the jobs holding GPUs: the running ones and those
-        stopping (checkpointing for a preemption, or cancelled and not yet gone); the pass and
-        the interactive reclaim both start here."""
-        ledger = jobs.ledger
-        stops = jobs.stopping()
-        nodes, leases, running_records, preempted_records, cancelling = await asyncio.gather(
-            jobs.call(ledger.nodes),
-            jobs.call(ledger.list_leases),
-            jobs.call(jobs.store.running),
-            jobs.call(jobs.store.list, states=["preempted"]),
-            asyncio.gather(*(jobs.call(jobs.store.get, job_id) for job_id in list(jobs.cancellations))),
-        )
-        stopping_records = preempted_records + [
-            record for record in cancelling if record is not None and record.state != "preempted"
-        ]
-        return GPUHoldings(
-            nodes,
-            {lease.id: lease for lease in leases},
-            running_records,
-            preempted_records,
-            stopping_records,
-            {record.id for record in stopping_records} | set(stops),
-        )
-
-    async def schedule_once(self, jobs: JobService, now: float | None = None) -> scheduler.Decision:
-        """One whole pass; the caller holds ``jobs.lock``."""
+    async def schedule_once(self, now: float | None = None) -> PassResult:
+        """One whole pass, and what it decided; the caller holds ``jobs.lock`` and publishes the
+        result (:meth:`JobService.publish`)."""
+        jobs = self.jobs
         now = time.time() if now is None else now
-        finished = await self.poll_running(jobs)
-        await self._load_usage(jobs)
-        holdings, queued_records = await asyncio.gather(
-            self._gpu_holdings(jobs), jobs.call(jobs.store.queued)
+        finished = await self.poll_running()
+        await self._load_usage()
+        (nodes, leases), holding, queued_records = await asyncio.gather(
+            self.allocator.holdings(), jobs.holding_jobs(), jobs.queued()
         )
-        nodes, by_id = holdings.nodes, holdings.leases
-        for record in holdings.preempted:
+        by_id = {lease.id: lease for lease in leases}
+        for record in holding.preempted:
             # After a restart (or a failed stop) nobody is finishing this preemption: resume it.
             if record.id not in jobs.preemptions:
                 jobs.resume_preemption(record, self.preemption_grace_seconds)
-        holding = holdings.running + holdings.stopping_records
-        running = self._running_jobs(holding, by_id)
-        stopping = holdings.stopping
-        released = await self._release_orphans(jobs, by_id.values(), {record.id for record in holding})
+        running = running_jobs(holding.holding, by_id)
+        released = await self._release_orphans(by_id.values(), {record.id for record in holding.holding})
         occupied = [lease.placement for lease in by_id.values() if lease.id not in released]
         self._decay_usage(running, finished, now)
         queue = [record.as_batch_job() for record in queued_records]
-        shares = group_shares(jobs.allocator.profiles.quotas, [job.group for job in queue] + list(self.usage))
+        shares = group_shares(self.allocator.quotas, [job.group for job in queue] + list(self.usage))
         decision = await asyncio.to_thread(
             scheduler.schedule,
-            self._without_held_gpus(nodes),
+            self.allocator.nodes_for_batch(nodes),
             running,
             queue,
             shares,
             dict(self.usage),
             now,
             occupied,
-            jobs.allocator.policy_name,
-            stopping,
+            self.allocator.policy_name,
+            holding.stopping,
         )
         waiting = {job_id: place.reason for job_id, place in decision.waiting.items()}
         records = {record.id: record for record in queued_records}
+        started = []
         for start in decision.starts:
-            refused = await self._start(jobs, records[start.job.id], start, now)
+            refused = await self._start(records[start.job.id], start, now)
             if refused is not None:
                 waiting[start.job.id] = refused  # it keeps its place in the pass's order
+            else:
+                started.append(start.job.id)
+        preempted = []
         for preempt in decision.preemptions:
-            await jobs.preempt(preempt.job_id, preempt.reason, self.preemption_grace_seconds)
-        jobs.queue = QueueSnapshot.of_pass(
+            if await jobs.preempt(preempt.job_id, preempt.reason, self.preemption_grace_seconds):
+                preempted.append(preempt.job_id)
+        snapshot = QueueSnapshot.of_pass(
             now, decision.order, waiting, {record.id: record.owner for record in queued_records}
         )
-        jobs.metrics.observe_queue(
-            (record.group, record.priority) for record in queued_records if record.id in waiting
+        await self._save_usage(now)
+        return PassResult(
+            decision,
+            tuple(started),
+            tuple(preempted),
+            tuple(finished),
+            snapshot,
+            tuple(record for record in queued_records if record.id in waiting),
+            dict(self.usage),
         )
-        jobs.metrics.observe_fair_share(self.usage)
-        await self._save_usage(jobs, now)
-        return decision
-
-    @staticmethod
-    def _running_jobs(records, leases_by_id: dict[str, Lease]) -> list[RunningJob]:
-        """The scheduler's view of jobs holding GPUs; their leases are taken out of ``leases_by_id``."""
-        running: list[RunningJob] = []
-        for record in records:
-            lease = leases_by_id.pop(record.lease_id, None) if record.lease_id else None
-            if lease is None:
-                continue
-            running.append(
-                RunningJob(
-                    record.as_batch_job(),
-                    lease.placement,
-                    record.started_at or lease.created_at,
-                    record.borrowed,
-                    record.pool or scheduler.TRAIN_POOL,
-                )
-            )
-        return running
 
     # ------------------------------------------------------------------- fair-share usage
 
-    async def _load_usage(self, jobs: JobService) -> None:
+    async def _load_usage(self) -> None:
         """The usage the last service saved, once, before the first pass decides anything."""
         if self._usage_loaded:
             return
-        saved, updated_at = await jobs.call(jobs.ledger.fair_share_usage)
+        saved, updated_at = await self.allocator.fair_share_usage()
         for group, gpu_seconds in saved.items():
             self.usage[group] = gpu_seconds
         self._usage_at = updated_at
@@ -304,9 +242,9 @@ class BatchScheduler(LoggingConfigurable):
                 ", ".join(f"{group or '(none)'}={seconds:.0f} GPU-s" for group, seconds in saved.items()),
             )
 
-    async def _save_usage(self, jobs: JobService, now: float) -> None:
+    async def _save_usage(self, now: float) -> None:
         try:
-            await jobs.call(jobs.ledger.save_fair_share_usage, dict(self.usage), now)
+            await self.allocator.save_fair_share_usage(self.usage, now)
         except LedgerError as error:
             self.log.warning("fair-share usage not saved this pass (%s); the next pass saves it", error)
 
@@ -325,9 +263,7 @@ class BatchScheduler(LoggingConfigurable):
                 self.usage[group], rate, elapsed, self.usage_half_life_seconds
             )
 
-    async def _release_orphans(
-        self, jobs: JobService, leases: Iterable[Lease], holding_ids: set[str]
-    ) -> set[str]:
+    async def _release_orphans(self, leases: Iterable[Lease], holding_ids: set[str]) -> set[str]:
         """Give back batch leases whose job no longer holds GPUs; the leases released now.
 
         A queued job's lease (the service died between a grant and the start; a run found alive
@@ -336,11 +272,12 @@ class BatchScheduler(LoggingConfigurable):
         on its GPUs: that run is stopped first, in the background, and its lease released after,
         so the GPUs are never lent while something still runs on them.
         """
+        jobs = self.jobs
         released = set()
         for lease in leases:
             if lease.workload != WorkloadClass.batch or lease.holder in holding_ids:
                 continue
-            record = await jobs.call(jobs.store.get, lease.holder)
+            record = await jobs.get(lease.holder)
             if record is None:
                 continue
             if record.state in TERMINAL_STATES:
@@ -352,29 +289,19 @@ class BatchScheduler(LoggingConfigurable):
             self.log.info("released lease %s: job %s is not running", lease.id, lease.holder)
         return released
 
-    async def _start(self, jobs: JobService, record, start: Start, now: float) -> str | None:
-        """Grant the lease and start the process; the reason it could not, else None.
+    async def _start(self, record: JobRecord, start: Start, now: float) -> str | None:
+        """Have the allocator grant the lease, and start the process; the reason it could not, else None.
 
         The job is ``running`` only once the executor has started its process; a crash before
         that leaves it queued, and the next service undoes the start (see :mod:`.launches`).
         """
+        jobs = self.jobs
         job = start.job
         lease_id = run_id(record, record.attempts + 1)
 
         def grant():
-            return jobs.call(
-                jobs.allocator.ledger.grant,
-                lease_id,
-                job.id,
-                job.owner,
-                job.group,
-                WorkloadClass.batch,
-                job.request(start.pool),
-                start.placement,
-                jobs.allocator.profiles.quotas,
-                preemptible=start.borrowed,
-                now=now,
-                expected_gpu_hours=scheduler.expected_gpu_hours(job),
+            return self.allocator.grant_batch(
+                lease_id, job, start.pool, start.placement, preemptible=start.borrowed, now=now
             )
 
         try:
@@ -384,7 +311,7 @@ class BatchScheduler(LoggingConfigurable):
                 # Its run id was granted before: a start a crash cut short that recovery did not
                 # see (it failed), and whose lease a pass has released since. Adopt the run if it
                 # has a process; else the start is undone, and its run id free for this grant.
-                if await self._adopt(jobs, record):
+                if await self._adopt(record):
                     return None
                 result = await grant()
         except LeaseConflictError as error:
@@ -401,12 +328,12 @@ class BatchScheduler(LoggingConfigurable):
             self.log.exception("job %s could not start", job.id)
             await jobs.release(lease.id)
             await jobs.transition(
-                record.id, "failed", f"the job could not start: {error}", ended_at=time.time()
+                record.id, JobState.failed, f"the job could not start: {error}", ended_at=time.time()
             )
             return None
         await jobs.transition(
             record.id,
-            "running",
+            JobState.running,
             f"started on node {lease.placement.node}"
             + (f" ({start.pool} pool, borrowed GPUs: preemptible)" if start.borrowed else ""),
             started_at=time.time(),
@@ -419,108 +346,52 @@ class BatchScheduler(LoggingConfigurable):
         self.log.info("job %s of %s started on %s %s", job.id, job.owner, lease.placement.node, lease_id)
         return None
 
-    # ------------------------------------------------------------ dev GPUs for interactive
+    # ------------------------------------------- the allocator's Borrowers (dev GPUs lent)
 
-    def _without_held_gpus(self, nodes: list[Node]) -> list[Node]:
-        """``nodes`` with the GPUs held for interactive slices moved to a pool no job asks for."""
-        self._forget_expired_holds()
-        held = {uuid for hold in self.held_for_interactive.values() for uuid in hold.gpu_uuids}
-        if not held:
-            return nodes
-        return [
-            replace(
-                node,
-                gpus=tuple(
-                    replace(gpu, pools=frozenset({RESERVED_POOL})) if gpu.uuid in held else gpu
-                    for gpu in node.gpus
-                ),
-            )
-            for node in nodes
-        ]
+    @property
+    def lock(self) -> asyncio.Lock:
+        return self.jobs.lock
 
-    def _forget_expired_holds(self) -> None:
-        now = time.monotonic()
-        for lease_id in [key for key, hold in self.held_for_interactive.items() if hold.until <= now]:
-            del self.held_for_interactive[lease_id]
+    async def batch_holdings(self, leases_by_id: dict[str, Lease]) -> tuple[list[RunningJob], set[str]]:
+        """The jobs holding GPUs as the scheduler sees them (their leases taken out of
+        ``leases_by_id``), and the ids of those already stopping."""
+        holding = await self.jobs.holding_jobs()
+        return running_jobs(holding.holding, leases_by_id), holding.stopping
 
-    def interactive_granted(self, lease_id: str) -> None:
-        """The slice asked for under ``lease_id`` got its lease: its reclaimed GPUs are its own now."""
-        self.held_for_interactive.pop(lease_id, None)
+    async def preempt(self, job_id: str, reason: str) -> None:
+        """Preempt a job that borrowed a dev GPU an interactive slice needs (grace as for any)."""
+        await self.jobs.preempt(job_id, reason, self.preemption_grace_seconds)
 
-    async def reclaim_for_interactive(
-        self, jobs: JobService, lease_id: str, slice_request: SliceRequest
-    ) -> Reclaiming | None:
-        """Take dev GPUs back from the batch jobs borrowing them so ``slice_request`` fits.
-
-        Called when an interactive slice found no capacity. ``core.scheduler.reclaim_for_interactive``
-        decides which jobs must go (counting those already stopping first, so a retry of the same
-        request never stops another job); they are preempted here, their GPUs held for this
-        request, and the answer says how long the caller should wait. None when stopping batch jobs
-        would not make room, so the slice is refused as usual.
-        """
-        async with jobs.lock:
-            holdings = await self._gpu_holdings(jobs)
-            nodes, by_id, stopping = holdings.nodes, holdings.leases, holdings.stopping
-            running = self._running_jobs(holdings.running + holdings.stopping_records, by_id)
-            victims = await asyncio.to_thread(
-                scheduler.reclaim_for_interactive,
-                nodes,
-                [lease.placement for lease in by_id.values()],
-                running,
-                slice_request,
-                jobs.allocator.policy_name,
-                stopping,
-            )
-            if not victims:
-                return None
-            gpu_names = {gpu.uuid: f"{node.name}:{gpu.index}" for node in nodes for gpu in node.gpus}
-            uuids = tuple(dict.fromkeys(uuid for victim in victims for uuid in victim.placement.gpu_uuids))
-            names = [gpu_names.get(uuid, uuid) for uuid in uuids]
-            for victim in victims:
-                if victim.job.id not in stopping:
-                    await jobs.preempt(
-                        victim.job.id,
-                        f"an interactive slice needs the dev GPU {', '.join(names)} it borrowed",
-                        self.preemption_grace_seconds,
-                    )
-            stops = jobs.stopping()
-            left = max(
-                (stops[victim.job.id].seconds_left() for victim in victims if victim.job.id in stops),
-                default=0.0,
-            )
-            self.held_for_interactive[lease_id] = InteractiveHold(
-                uuids, time.monotonic() + left + self.interactive_hold_seconds
-            )
-        return Reclaiming(
-            jobs=len(victims), gpus=names, retry_after_s=min(max(1, math.ceil(left)), 10), ready_within_s=left
-        )
+    def seconds_left(self, job_ids: Iterable[str]) -> float:
+        return self.jobs.seconds_left(job_ids)
 
     # -------------------------------------------------------------------------------- timing
 
-    async def recover(self, jobs: JobService) -> None:
+    async def recover(self) -> None:
         """At service start: keep the jobs whose processes still run, finish the others, adopt
         the runs a crash left started but not yet recorded as running, and put back in the queue
         the jobs whose start it cut short before any process ran (see :mod:`.launches`)."""
-        async with jobs.lock:
-            for record in await jobs.call(jobs.store.queued):
+        async with self.jobs.lock:
+            for record in await self.jobs.queued():
                 try:
-                    await self._adopt(jobs, record)
+                    await self._adopt(record)
                 except Exception:
                     # One job's trouble holds up no other's; the pass tries its start again.
                     self.log.exception("job %s: recovering its start failed", record.id)
-            await self.poll_running(jobs, lost_reason=LOST_IN_RESTART)
+            await self.poll_running(lost_reason=LOST_IN_RESTART)
 
-    async def _adopt(self, jobs: JobService, record) -> bool:
+    async def _adopt(self, record: JobRecord) -> bool:
         """Make a queued job ``running`` if its next run has a process (started before a crash);
         undo a start that never got so far. Whether the job was adopted."""
+        jobs = self.jobs
         lease_id = run_id(record, record.attempts + 1)
-        if not await launches.run_was_started(jobs, record, lease_id):
+        if not await launches.run_was_started(jobs, self.executor, record, lease_id):
             return False  # the usual case: the job never got as far as its process
-        held = await jobs.call(jobs.ledger.record, lease_id)
+        held = await self.allocator.record(lease_id)
         placement = held.lease.placement if held is not None else None
         record = await jobs.transition(
             record.id,
-            "running",
+            JobState.running,
             "its process was found running after the service restarted",
             lease_id=lease_id,
             node=placement.node if placement else None,
@@ -529,18 +400,26 @@ class BatchScheduler(LoggingConfigurable):
             borrowed=held.lease.preemptible if held else False,
         )
         if held is None or not held.live:
-            await jobs.executor.stop(lease_id, 0)
-            await jobs.finish(record, "failed", f"{LOST_IN_RESTART} (its lease was gone)", exit_code=None)
+            await self.executor.stop(lease_id, 0)
+            await jobs.finish(
+                record, JobState.failed, f"{LOST_IN_RESTART} (its lease was gone)", exit_code=None
+            )
         self.log.info("job %s: adopted run %s after a restart", record.id, lease_id)
         return True
 
-    def start(self, jobs: JobService) -> asyncio.Task:
+    async def pass_and_publish(self) -> PassResult:
+        """One pass under the job service's lock, its result published where the API reads it."""
+        async with self.jobs.lock:
+            result = await self.schedule_once()
+            self.jobs.publish(result.queue, result.waiting, result.usage)
+        return result
+
+    def start(self) -> asyncio.Task:
         """Recover, then run a pass now and every ``interval_seconds``; failures are logged."""
 
         async def tick() -> None:
             try:
-                async with jobs.lock:
-                    await self.schedule_once(jobs)
+                await self.pass_and_publish()
             except Exception:
                 self.log.exception(
                     "the batch scheduling pass failed; trying again in %ss", self.interval_seconds
@@ -548,7 +427,7 @@ class BatchScheduler(LoggingConfigurable):
 
         async def begin() -> None:
             try:
-                await self.recover(jobs)
+                await self.recover()
             except Exception:
                 self.log.exception("recovering the running jobs failed; the next pass polls them again")
             if self.interval_seconds > 0:

@@ -1,7 +1,7 @@
-"""How leases, requests and GPUs look in the REST API.
+"""How leases, requests, GPUs, jobs, results and quotas look in the REST API and on the pages.
 
 One place turns the shared units into JSON so that every endpoint (and the spawner reading them
-back) sees the same field names.
+back) sees the same field names; the admin page's views of holders and groups are built here too.
 """
 
 from __future__ import annotations
@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from spawner.config.profiles import Profile
+from spawner.core.quota import HolderUsage, Limits, Refusal
 from spawner.core.units import GPU, MILLI_PER_GPU, Lease, SliceRequest
+from spawner.core.vocabulary import TERMINAL_STATES, JobState, holder_expiry
 from spawner.ledger import GPUHolder
 from spawner.ledger.jobs import JobRecord
 
@@ -65,6 +68,12 @@ def lease_json(lease: Lease, released_at: float | None = None) -> dict[str, Any]
     }
 
 
+def lease_model(lease: Lease, released_at: float | None = None) -> dict[str, Any]:
+    """A lease as the lease endpoints return it: with ``expires_at``, the expiry its holder carries
+    (null for a lease that lasts as long as its server or job)."""
+    return {**lease_json(lease, released_at), "expires_at": holder_expiry(lease.holder)}
+
+
 def gpu_json(gpu: GPU, holders: list[GPUHolder], *, show_holders: bool) -> dict[str, Any]:
     """A GPU with what is free on it; who holds it only for admins and the service itself."""
     model: dict[str, Any] = {
@@ -87,20 +96,107 @@ def gpu_json(gpu: GPU, holders: list[GPUHolder], *, show_holders: bool) -> dict[
 
 
 def job_json(
-    record: JobRecord, queue: QueueSnapshot, *, listing: bool = False, everyone: bool = False
+    record: JobRecord | dict[str, Any], queue: QueueSnapshot, *, listing: bool = False, everyone: bool = False
 ) -> dict[str, Any]:
     """A job as the API returns it, with its place in the queue while it waits; a listing leaves
     out the provenance, which ``GET jobs/{id}`` has.
+
+    ``record`` is a :class:`JobRecord`, or a listing's row as ``JobStore.listing`` reads it (the
+    record's ``to_dict`` without provenance), which is completed in place: ``GET jobs`` shows
+    hundreds of jobs, and builds no record for any of them.
 
     ``queue`` is one pass's snapshot, read once per answer so that every job of a listing stands
     where that pass put it. ``queue_position`` counts among everyone's waiting jobs when
     ``everyone`` (an admin's view of the whole queue), else among the owner's own, so what a
     caller sees is numbered 0..n-1; ``jobs_ahead`` is always the whole queue's figure.
     """
-    model = record.to_dict(include_provenance=not listing)
-    place = queue.place(record.id, everyone) if record.state == "queued" else None
+    model = record if isinstance(record, dict) else record.to_dict(include_provenance=not listing)
+    place = queue.place(model["id"], everyone) if model["state"] == JobState.queued else None
     model["queue_position"] = place.position if place else None
     model["jobs_ahead"] = place.jobs_ahead if place else None
     model["waiting_reason"] = place.reason if place else None
     model["queue_as_of"] = place.as_of if place else None
     return model
+
+
+def result_json(record: JobRecord, summary: dict[str, Any] | None) -> dict[str, Any]:
+    """How a job ended and, for a cell job, what came back (``summary``, the runner's JSON; None
+    for a script job or a cell that wrote none): the names of its values, or its exception."""
+    summary = summary or {}
+    values_available = bool(summary.get("values_available"))
+    return {
+        "id": record.id,
+        "kind": record.payload_kind,
+        "state": record.state,
+        "done": record.state in TERMINAL_STATES,
+        "exit_code": record.exit_code,
+        "reason": record.reason,
+        "values_available": values_available,
+        "values": list(summary.get("values", [])) if values_available else [],
+        "not_returned": dict(summary.get("not_returned", {})),
+        "error": summary.get("error"),
+    }
+
+
+def holder_json(name: str, held: HolderUsage, limits: Limits) -> dict[str, Any]:
+    """A user's or group's interactive holdings beside their limits (the spawn page and admin page)."""
+    return {
+        "name": name,
+        "servers": held.servers,
+        "max_servers": limits.interactive.max_servers,
+        "milli_gpu": held.interactive_milli,
+        "max_milli_gpu": limits.interactive.max_milli_gpu,
+    }
+
+
+def profile_json(
+    profile: Profile,
+    count: int,
+    reason: str | None,
+    refusal: Refusal | None,
+    quota_json: dict[str, Any],
+    simulated: bool,
+) -> dict[str, Any]:
+    """A profile in ``GET availability``: whether it can be granted now, how often, and why not."""
+    return {
+        "slug": profile.slug,
+        "display_name": profile.display_name,
+        "description": profile.description,
+        "summary": profile.describe(),
+        "milli_gpu": profile.milli_gpu,
+        "gpus": profile.gpus,
+        "available": reason is None,
+        "free_slices": count,
+        "simulated": simulated,  # every GPU this profile can land on is a simulated demo GPU
+        "reason": reason,
+        "refusal": refusal.to_dict() if refusal else None,
+        "quota": quota_json,
+    }
+
+
+def group_view(name: str, held: HolderUsage, limits: Limits) -> dict[str, Any]:
+    """A group's holdings beside its limits, as the admin page's quota table shows them: the
+    interactive figures the spawn page shows too, and the batch ones."""
+    return {
+        **holder_json(name, held, limits),
+        "batch_jobs": held.batch_jobs,
+        "max_running_jobs": limits.batch.max_running_jobs,
+        "batch_gpus": held.batch_gpus,
+        "guaranteed_gpus": limits.batch.guaranteed_gpus,
+        "max_batch_gpus": limits.batch.max_gpus,
+        "borrowing_limit_gpus": limits.batch.borrowing_limit_gpus,
+        "gpu_hours_week": held.batch_gpu_hours_week,
+        "max_gpu_hours_week": limits.batch.max_gpu_hours_week,
+    }
+
+
+def holder_view(holder: dict[str, Any], jobs_by_lease: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One lease's share of a GPU on the admin page, saying whether a batch job or a notebook
+    server holds it."""
+    job = jobs_by_lease.get(holder["lease_id"])
+    return {
+        **holder,
+        "kind": "job" if job else "server",
+        "job_id": job["id"] if job else None,
+        "job_name": job["name"] if job else None,
+    }

@@ -21,9 +21,10 @@ import hashlib
 import json
 import re
 
+from spawner.core.units import describe_size
 from spawner.ledger.jobs import SubmissionRefusal
 
-from .job_request import JobBody, JobBodyError, describe_size
+from .job_request import JobBody, JobBodyError
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")

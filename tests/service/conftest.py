@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
-from .servicehub import ServiceHub
+from harness.service_hubs import service_hub
 
 
 @pytest.fixture(scope="package")
 def hub(tmp_path_factory):
-    process = ServiceHub(tmp_path_factory.mktemp("service-hub"))
+    process = service_hub(tmp_path_factory.mktemp("service-hub"))
     try:
         process.start()
     except Exception:

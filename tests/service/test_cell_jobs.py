@@ -9,10 +9,10 @@ import sys
 
 import cloudpickle
 import pytest
+from harness.jobs import FINAL, get_job, wait_for, wait_for_log
+from harness.service_hubs import start_job_hub
 
 from spawner.magic.capture import capture, cell_names, pack
-
-from .jobhub import FINAL, get_job, start_job_hub, wait_for, wait_for_log
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,8 @@ import os
 import signal
 
 import pytest
-
-from .jobhub import FINAL, get_job, submit, wait_for
-from .schedhub import BORROWING_QUOTAS, SLEEPS, cancel, start_sched_hub, wait_until
+from harness.jobs import FINAL, SLEEPS, cancel, get_job, submit, wait_for, wait_until
+from harness.service_hubs import BORROWING_QUOTAS, start_sched_hub
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,8 @@ preempts another: what starts where is placement and the reservation of the head
 from __future__ import annotations
 
 import pytest
-
-from .jobhub import FINAL, get_job, submit, wait_for
-from .schedhub import SLEEPS, cancel, start_sched_hub, waiting_reason
+from harness.jobs import FINAL, SLEEPS, cancel, get_job, submit, wait_for, waiting_reason
+from harness.service_hubs import start_sched_hub
 
 pytestmark = pytest.mark.slow
 

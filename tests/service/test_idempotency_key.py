@@ -15,10 +15,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+from harness.jobs import FINAL, wait_for
+from harness.service_hubs import start_job_hub
 
 from spawner.client import GPUSliceClient
-
-from .jobhub import FINAL, start_job_hub, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -58,7 +58,7 @@ def direct_api(hub) -> str:
     proxy (a bare or HTML 400) and never reaches the service. What the service answers is tested
     here; the proxy is a separate program.
     """
-    return hub.env["GPUSLICE_TEST_SERVICE_URL"] + "/services/gpuslice/api/v1/"
+    return hub.service_url + "/services/gpuslice/api/v1/"
 
 
 def post_raw(hub, user: str, text: str | bytes, content_type: str = "application/json", api: str = ""):
@@ -217,7 +217,7 @@ def test_an_environment_or_workdir_the_os_cannot_take_is_refused_at_submission(h
 
 
 def service_address(hub) -> tuple[str, int]:
-    url = urlparse(hub.env["GPUSLICE_TEST_SERVICE_URL"])
+    url = urlparse(hub.service_url)
     return url.hostname, url.port
 
 

@@ -23,12 +23,12 @@ from pathlib import Path
 import cloudpickle
 import pytest
 import requests
+from harness.hub import REPO_ROOT, HubProcess
+from harness.jobs import FINAL, wait_for, wait_for_log, wait_until
+from harness.service_hubs import service_hub
 
 from spawner.magic.capture import capture, cell_names, pack
 
-from .jobhub import FINAL, wait_for, wait_for_log
-from .schedhub import wait_until
-from .servicehub import REPO_ROOT, ServiceHub
 from .test_job_files_unit import SYSTEM_PYTHON, UNPRIVILEGED, unprivileged_account, world_traversable_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -73,14 +73,14 @@ def job_pythonpath() -> str:
 def hub():
     unprivileged_account()
     state = world_traversable_dir("gpuslice-safety-hub-")
-    hub = ServiceHub(state)
-    hub.env["GPUSLICE_TEST_SERVICE_ARGS"] = " ".join(
-        [
+    hub = service_hub(
+        state,
+        service_args=[
             "--LeaseReconciler.grace_seconds=3600",
             "--BatchScheduler.interval_seconds=0.5",
             "--LocalExecutor.run_as_owner=True",
             f"--JobService.python={SYSTEM_PYTHON}",
-        ]
+        ],
     )
     try:
         hub.start()
@@ -97,7 +97,7 @@ def hub():
         shutil.rmtree(state, ignore_errors=True)
 
 
-def cancel_everything(hub: ServiceHub) -> None:
+def cancel_everything(hub: HubProcess) -> None:
     """Cancel the jobs a failed test left running, and give back the leases it held."""
     if hub.process is None or hub.process.poll() is not None:
         return
@@ -130,7 +130,7 @@ def root_only(hub):
     return directory
 
 
-def submit_script(session, hub: ServiceHub, script: str, **fields) -> dict:
+def submit_script(session, hub: HubProcess, script: str, **fields) -> dict:
     body = {
         "name": "attack",
         "script": textwrap.dedent(script),
@@ -143,7 +143,7 @@ def submit_script(session, hub: ServiceHub, script: str, **fields) -> dict:
     return response.json()["job"]
 
 
-def submit_cell(session, hub: ServiceHub, cell: str, **fields) -> dict:
+def submit_cell(session, hub: HubProcess, cell: str, **fields) -> dict:
     cell = textwrap.dedent(cell)
     names = cell_names(cell)
     taken = capture(names.free, {}, workdir=Path("/"), loaded_modules={})
@@ -166,7 +166,7 @@ def submit_cell(session, hub: ServiceHub, cell: str, **fields) -> dict:
     return response.json()["job"]
 
 
-def ended(session, hub: ServiceHub, job: dict) -> dict:
+def ended(session, hub: HubProcess, job: dict) -> dict:
     done = wait_for(session, hub, job["id"], FINAL, timeout=90)
     log = session.get(hub.api + f"jobs/{job['id']}/logs", timeout=30).json()["data"]
     return {**done, "log": log}
@@ -263,7 +263,7 @@ def planting(links: list[tuple[str, Path]]) -> str:
     return f"links = {[(name, str(target)) for name, target in links]!r}\n" + PLANT
 
 
-def preempt_and_restart(hub: ServiceHub, session, job: dict) -> dict:
+def preempt_and_restart(hub: HubProcess, session, job: dict) -> dict:
     """Once ``job`` (on a borrowed dev GPU) has planted its links, take both dev GPUs for a slice,
     which preempts it, then give them back; the job once it has ended, after its second run."""
     wait_for(session, hub, job["id"], ("running",), timeout=60)

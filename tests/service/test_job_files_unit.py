@@ -30,14 +30,12 @@ from spawner.service import payload as signing
 from spawner.service.executor import ExecutionRefused, ExecutionSpec, LocalExecutor, jobdir
 from spawner.service.executor.supervisor import JobSupervisor
 from spawner.service.job_files import UntrustedFile
+from spawner.service.job_logs import log_size_and_last_byte as _log_size_and_last_byte
 from spawner.service.job_request import CellPayload
-from spawner.service.jobs import (
-    JobService,
-    _fresh_job_files,
-    _log_size_and_last_byte,
-    _write_cell,
-    _write_script,
-)
+from spawner.service.jobs import JobService
+from spawner.service.run_files import fresh_job_files as _fresh_job_files
+from spawner.service.run_files import write_cell as _write_cell
+from spawner.service.run_files import write_script as _write_script
 
 pytestmark = pytest.mark.timeout(60)
 

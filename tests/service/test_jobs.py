@@ -7,9 +7,8 @@ import signal
 import time
 
 import pytest
-
-from .jobhub import FINAL, get_job, start_job_hub, submit, train_gpu, wait_for, wait_for_log
-from .schedhub import wait_until
+from harness.jobs import FINAL, get_job, submit, train_gpu, wait_for, wait_for_log, wait_until
+from harness.service_hubs import start_job_hub
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from .jobhub import start_job_hub
-from .servicehub import SERVICE_PREFIX
+from harness.hub import SERVICE_PREFIX
+from harness.service_hubs import start_job_hub
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import signal
 import time
 
 import pytest
-
-from .jobhub import FINAL, get_job, start_job_hub, submit, wait_for, wait_for_log
+from harness.jobs import FINAL, get_job, submit, wait_for, wait_for_log
+from harness.service_hubs import start_job_hub
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ import time
 import uuid
 
 import pytest
-
-from .jobhub import FINAL, get_job, start_job_hub, submit, train_gpu, wait_for, wait_for_log
+from harness.jobs import FINAL, get_job, submit, train_gpu, wait_for, wait_for_log
+from harness.service_hubs import start_job_hub
 
 pytestmark = pytest.mark.slow
 

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
+from harness.jobs import FINAL, get_job, submit, train_gpu, wait_for
+from harness.service_hubs import start_job_hub
 
 from spawner.config.profiles import ProfileSet
 from spawner.core.quota import QuotaPolicy
@@ -30,8 +32,6 @@ from spawner.service.executor import ExecutionSpec, LocalExecutor, jobdir
 from spawner.service.jobs import JobService, run_id
 from spawner.service.launches import CUT_SHORT
 from spawner.service.scheduling import LOST_IN_RESTART, BatchScheduler
-
-from .jobhub import FINAL, get_job, start_job_hub, submit, train_gpu, wait_for
 
 TRAIN = GPU("gpu-train-0", "node-a", 0, "A100", 81920, pools=frozenset({"train"}))
 SCRIPT = "print('the job ran', flush=True)\n"
@@ -46,21 +46,20 @@ class Service:
         self.ledger.sync_inventory([Node("node-a", 16000, 65536, gpus=(TRAIN,))])
         self.store = JobStore(self.ledger)
         self.executor = LocalExecutor(jobs_dir=str(state / "jobs"), grace_seconds=1.0)
-        allocator = Allocator(self.ledger, ProfileSet(()), None, "default")
+        self.allocator = Allocator(self.ledger, ProfileSet(()), None, "default")
         self.jobs = JobService(
             self.store,
-            allocator,
+            self.allocator,
             self.executor,
             scripts_dir=str(state / "job-scripts"),
             signing_key_dir=str(state),
         )
-        self.scheduler = BatchScheduler(interval_seconds=0)
+        self.scheduler = BatchScheduler(self.jobs, self.allocator, self.executor, interval_seconds=0)
 
     async def run_until_ended(self, job_id: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            async with self.jobs.lock:
-                await self.scheduler.schedule_once(self.jobs)
+            await self.scheduler.pass_and_publish()
             if self.store.get(job_id).final:
                 return
             await asyncio.sleep(0.1)
@@ -119,7 +118,7 @@ def test_a_start_cut_short_after_its_run_directory_goes_back_to_the_queue_and_ru
     before.close()  # killed here: no supervisor was spawned
 
     after = Service(state)
-    asyncio.run(after.scheduler.recover(after.jobs))
+    asyncio.run(after.scheduler.recover())
 
     record = after.store.get(job_id)
     assert (record.state, record.attempts) == ("queued", 0), record
@@ -146,7 +145,7 @@ def test_a_start_cut_short_after_its_grant_goes_back_to_the_queue_and_runs(state
     before.close()  # killed here: nothing but the grant was written
 
     after = Service(state)
-    asyncio.run(after.scheduler.recover(after.jobs))
+    asyncio.run(after.scheduler.recover())
     assert after.store.get(job_id).state == "queued"
     assert after.store.events(job_id)[-1].reason == CUT_SHORT
     assert after.ledger.record(lease_id) is None
@@ -190,7 +189,7 @@ def test_a_supervisor_spawned_but_not_yet_recorded_is_adopted_not_started_twice(
         before.close()
 
         after = Service(state)
-        asyncio.run(after.scheduler.recover(after.jobs))
+        asyncio.run(after.scheduler.recover())
         record = after.store.get(job_id)
         assert (record.state, record.lease_id) == ("running", lease_id)
         assert jobdir.read_json(directory / jobdir.SUPERVISOR_PID)["pid"] == supervisor.pid

@@ -14,9 +14,9 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import requests
-
-from .jobhub import FINAL, get_job, start_job_hub, submit, train_gpu, wait_for
-from .servicehub import SERVICE_PREFIX, ServiceHub
+from harness.hub import SERVICE_PREFIX, HubProcess
+from harness.jobs import FINAL, get_job, submit, train_gpu, wait_for
+from harness.service_hubs import start_job_hub
 
 pytestmark = pytest.mark.slow
 
@@ -53,11 +53,11 @@ class PageSession(requests.Session):
     page_html: str
 
 
-def page_url(hub: ServiceHub, path: str = "") -> str:
+def page_url(hub: HubProcess, path: str = "") -> str:
     return f"{hub.url}{SERVICE_PREFIX}{path}"
 
 
-def log_in(hub: ServiceHub, user: str) -> PageSession:
+def log_in(hub: HubProcess, user: str) -> PageSession:
     """Log in on the hub's form, open the jobs page, and follow the OAuth redirects back to it."""
     session = PageSession()
     session.get(f"{hub.url}/hub/login", timeout=30).raise_for_status()

@@ -12,20 +12,22 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from .jobhub import FINAL, get_job, submit, train_gpu, wait_for
-from .schedhub import (
+from harness.jobs import (
     CHECKPOINTS,
+    FINAL,
     SLEEPS,
     cancel,
     events,
     follow_log,
-    start_sched_hub,
+    get_job,
+    submit,
+    train_gpu,
+    wait_for,
     wait_for_log,
     wait_until,
     waiting_reason,
 )
-from .servicehub import quotas_yaml
+from harness.service_hubs import quotas_yaml, start_sched_hub
 
 pytestmark = pytest.mark.slow
 

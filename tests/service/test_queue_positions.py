@@ -10,9 +10,8 @@ named by ``as_of``.
 from __future__ import annotations
 
 import pytest
-
-from .jobhub import get_job, submit, wait_for
-from .schedhub import BORROWING_QUOTAS, SLEEPS, cancel, start_sched_hub, wait_until
+from harness.jobs import SLEEPS, cancel, get_job, submit, wait_for, wait_until
+from harness.service_hubs import BORROWING_QUOTAS, start_sched_hub
 
 pytestmark = pytest.mark.slow
 

@@ -6,12 +6,11 @@ import time
 import uuid
 
 import pytest
+from harness.service_hubs import service_hub
 
 from spawner.core.units import GPUShare, Lease, Placement, SliceRequest, WorkloadClass
-from spawner.service.lease_request import expiring_holder, holder_expiry, holder_label
+from spawner.core.vocabulary import expiring_holder, holder_expiry, holder_label
 from spawner.service.reconcile import expired_leases, server_of, stale_leases, unchecked_leases
-
-from .servicehub import ServiceHub
 
 
 def lease(holder: str, user: str = "alice", created_at: float = 0.0, workload=WorkloadClass.interactive):
@@ -72,9 +71,9 @@ def test_stale_leases_are_those_of_missing_servers_past_the_grace():
 
 @pytest.fixture(scope="module")
 def quick_reconciling_hub(tmp_path_factory):
-    hub = ServiceHub(tmp_path_factory.mktemp("reconcile-hub"))
-    hub.env["GPUSLICE_TEST_SERVICE_ARGS"] = (
-        "--LeaseReconciler.grace_seconds=0 --LeaseReconciler.interval_seconds=0.5"
+    hub = service_hub(
+        tmp_path_factory.mktemp("reconcile-hub"),
+        service_args=["--LeaseReconciler.grace_seconds=0", "--LeaseReconciler.interval_seconds=0.5"],
     )
     try:
         hub.start()

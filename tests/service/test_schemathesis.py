@@ -20,6 +20,7 @@ from importlib import resources
 
 import pytest
 import schemathesis
+from harness.service_hubs import service_hub
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -29,8 +30,6 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-
-from .servicehub import ServiceHub
 
 pytestmark = pytest.mark.slow
 
@@ -83,8 +82,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def fuzzed_hub(tmp_path_factory):
-    hub = ServiceHub(tmp_path_factory.mktemp("schemathesis-hub"))
-    hub.env["GPUSLICE_TEST_SERVICE_ARGS"] = SERVICE_ARGS
+    hub = service_hub(tmp_path_factory.mktemp("schemathesis-hub"), service_args=SERVICE_ARGS.split())
     try:
         hub.start()
         # A user, and an admin of the service (erin holds its admin scope).

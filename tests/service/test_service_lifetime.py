@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import requests
+from harness import REPO_ROOT, free_port
+from harness.jobs import FINAL, get_job, submit, wait_for, wait_for_log
+from harness.service_hubs import start_job_hub
 
 from spawner.service.lifetime import PidFile, ServiceAlreadyRunning, is_gpuslice_service
-
-from .jobhub import FINAL, get_job, start_job_hub, submit, wait_for, wait_for_log
-from .servicehub import REPO_ROOT, free_port
 
 PYTHON = sys.executable
 

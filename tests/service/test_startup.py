@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .servicehub import REPO_ROOT, free_port
+from harness import REPO_ROOT, free_port
 
 
 def run_service(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

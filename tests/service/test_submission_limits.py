@@ -14,8 +14,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-from .jobhub import start_job_hub
+from harness.service_hubs import start_job_hub
 
 pytestmark = pytest.mark.slow
 

@@ -1,8 +1,8 @@
-"""The REST API of batch jobs, under ``<service prefix>api/v1/jobs``.
+"""The REST API of batch jobs: ``jobs``, ``jobs/{job_id}`` and its cancel, logs and results.
 
 The same rules as for leases: users see and touch only their own jobs, admins and the service
 itself see everyone's. Another user's job answers 404 exactly as an unknown id does, so that ids
-say nothing about who owns what. The job service is the web application's ``jobs`` setting.
+say nothing about who owns what.
 """
 
 from __future__ import annotations
@@ -10,15 +10,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from spawner.core.vocabulary import CELL_PAYLOAD, STATES, TERMINAL_STATES, JobState
 from spawner.ledger.jobs import JobRecord, JobStateError
 
-from .handlers import APIHandler, api_error
-from .hub_users import UnknownUserError
-from .job_files import UntrustedFile
-from .job_request import DEFAULT_MAX_TIME_LIMIT_S, JobBodyError, parse_job_body, shown
-from .jobs import STATES, TERMINAL_STATES, JobService
-from .serialize import job_json
-from .submissions import IDEMPOTENCY_HEADER, IdempotencyConflict, parse_idempotency_key
+from ..hub_users import UnknownUserError
+from ..job_files import UntrustedFile
+from ..job_request import JobBody, JobBodyError, parse_job_body, shown
+from ..jobs import BatchRefused
+from ..serialize import job_json, result_json
+from ..submissions import IDEMPOTENCY_HEADER, IdempotencyConflict, parse_idempotency_key
+from .base import APIHandler, api_error
 
 DEFAULT_LIST_LIMIT = 500
 """How many of the newest jobs ``GET jobs`` returns unless ``limit`` says otherwise."""
@@ -32,10 +33,6 @@ _DIGITS = re.compile("[0-9]{1,16}")
 
 
 class JobsAPIHandler(APIHandler):
-    @property
-    def jobs(self) -> JobService:
-        return self.application.settings["jobs"]
-
     async def readable_job(self, job_id: str, action: str) -> JobRecord:
         """The job, if the caller may ``action`` it; another user's job is as unknown as no job."""
         record = await self.jobs.get(job_id)
@@ -65,7 +62,7 @@ class JobsAPIHandler(APIHandler):
 
     async def cancel_job(self, job_id: str) -> None:
         record = await self.readable_job(job_id, "cancel")
-        if record.state in TERMINAL_STATES and record.state != "cancelled":
+        if record.state in TERMINAL_STATES and record.state != JobState.cancelled:
             raise api_error(409, f"job {job_id} has already {record.state}; there is nothing to cancel")
         try:
             record = await self.jobs.cancel(job_id, by=self.requester.name)
@@ -97,12 +94,13 @@ class JobsHandler(JobsAPIHandler):
         limit = self.whole_number_argument(
             "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT, "a whole number of jobs"
         )
-        records = await self.jobs.list(user, states, limit)
+        # Plain rows, no payloads and no records: a listing shows hundreds of jobs.
+        rows = await self.jobs.listing(user, states, limit)
         queue = self.jobs.queue  # one pass's places for the whole listing
         self.reply(
             200,
             {
-                "jobs": [job_json(record, queue, listing=True, everyone=user is None) for record in records],
+                "jobs": [job_json(row, queue, listing=True, everyone=user is None) for row in rows],
                 "as_of": queue.as_of or None,
             },
         )
@@ -118,9 +116,9 @@ class JobsHandler(JobsAPIHandler):
                 max_payload_bytes=self.jobs.max_payload_bytes,
                 default_time_limit_s=self.jobs.default_time_limit_s(),
                 max_cell_payload_bytes=self.jobs.max_cell_payload_bytes,
-                max_time_limit_s=self.settings.get("max_time_limit_s", DEFAULT_MAX_TIME_LIMIT_S),
+                max_time_limit_s=self.settings["max_time_limit_s"],
             )
-            # Optional; the same key again answers the job it made (200), see .submissions.
+            # Optional; the same key again answers the job it made (200), see ..submissions.
             key = parse_idempotency_key(self.request.headers.get(IDEMPOTENCY_HEADER))
             user = await self.allocator.users.get(self.requester.name)
             submission = await self.jobs.submit(user, body, idempotency_key=key)
@@ -131,6 +129,88 @@ class JobsHandler(JobsAPIHandler):
         except UnknownUserError as error:
             raise api_error(403, str(error)) from None
         self.reply(201 if submission.created else 200, {"job": self.job_model(submission.record)})
+
+
+class JobsBatchHandler(JobsAPIHandler):
+    """``POST jobs/batch``: many jobs in one call, queued in one transaction, all or none.
+
+    The body is ``{"jobs": [...]}``, each job as ``POST jobs`` takes it; the answer is 201 with
+    ``{"jobs": [...]}`` in the batch's order (each as ``GET jobs`` lists it), or a 400 whose
+    ``errors`` list every refused job by its index, and then nothing was queued. An
+    Idempotency-Key covers the whole batch: the same batch again under the same key answers the
+    same jobs (200), another batch under it is a 409.
+    """
+
+    async def post(self) -> None:
+        if self.requester.kind != "user":
+            raise api_error(
+                403, f"{self.requester.describe()} may not submit jobs; submit with a user's token"
+            )
+        bodies = self.batch_bodies()
+        try:
+            key = parse_idempotency_key(self.request.headers.get(IDEMPOTENCY_HEADER))
+            user = await self.allocator.users.get(self.requester.name)
+            batch = await self.jobs.submit_many(user, bodies, idempotency_key=key)
+        except BatchRefused as refused:
+            self.refuse_batch(refused)
+            return
+        except JobBodyError as error:
+            raise api_error(400, str(error)) from None
+        except IdempotencyConflict as error:
+            raise api_error(409, str(error)) from None
+        except UnknownUserError as error:
+            raise api_error(403, str(error)) from None
+        queue = self.jobs.queue
+        everyone = self.requester.sees_everyone
+        created = any(submission.created for submission in batch.submissions)
+        self.reply(
+            201 if created else 200,
+            {"jobs": [job_json(record, queue, listing=True, everyone=everyone) for record in batch.records]},
+        )
+
+    def batch_bodies(self) -> list[JobBody | JobBodyError]:
+        """Every job of the body parsed as ``POST jobs`` parses one, or the error that says why it
+        does not parse (``JobService.submit_many`` refuses it with the others); a 400 if the body
+        is not a batch."""
+        body = self.json_body()
+        most = self.jobs.max_jobs_per_batch
+        if not isinstance(body, dict) or set(body) != {"jobs"} or not isinstance(body["jobs"], list):
+            raise api_error(
+                400, f'body: give {{"jobs": [...]}}, a list of 1 to {most} jobs as POST jobs takes them'
+            )
+        jobs = body["jobs"]
+        if not 1 <= len(jobs) <= most:
+            raise api_error(
+                400,
+                f"jobs: {len(jobs)} jobs; a batch has 1 to {most} (JobService.max_jobs_per_batch):"
+                " split it into several batches",
+            )
+        bodies: list[JobBody | JobBodyError] = []
+        for job in jobs:
+            try:
+                bodies.append(
+                    parse_job_body(
+                        job,
+                        max_payload_bytes=self.jobs.max_payload_bytes,
+                        default_time_limit_s=self.jobs.default_time_limit_s(),
+                        max_cell_payload_bytes=self.jobs.max_cell_payload_bytes,
+                        max_time_limit_s=self.settings["max_time_limit_s"],
+                    )
+                )
+            except JobBodyError as error:
+                bodies.append(error)  # refused with the others the service finds
+        return bodies
+
+    def refuse_batch(self, refused: BatchRefused) -> None:
+        """The 400 of a batch of which nothing was queued, with every refused job's index and why."""
+        self.reply(
+            400,
+            {
+                "status": 400,
+                "message": str(refused),
+                "errors": [{"index": index, "message": message} for index, message in refused.errors],
+            },
+        )
 
 
 class JobHandler(JobsAPIHandler):
@@ -163,31 +243,15 @@ class JobResultHandler(JobsAPIHandler):
 
     async def get(self, job_id: str) -> None:
         record = await self.readable_job(job_id, "read the result of")
-        summary = await self.jobs.result_summary(record) if record.payload_kind == "cell" else None
-        summary = summary or {}
-        values_available = bool(summary.get("values_available"))
-        self.reply(
-            200,
-            {
-                "id": record.id,
-                "kind": record.payload_kind,
-                "state": record.state,
-                "done": record.state in TERMINAL_STATES,
-                "exit_code": record.exit_code,
-                "reason": record.reason,
-                "values_available": values_available,
-                "values": list(summary.get("values", [])) if values_available else [],
-                "not_returned": dict(summary.get("not_returned", {})),
-                "error": summary.get("error"),
-            },
-        )
+        summary = await self.jobs.result_summary(record) if record.payload_kind == CELL_PAYLOAD else None
+        self.reply(200, result_json(record, summary))
 
 
 class JobResultValuesHandler(JobsAPIHandler):
     """The pickled ``{name: value}`` of a cell job, as bytes the notebook unpickles (never the service).
 
     The file is in a folder the job's owner may write; what is there is handed out only if it is
-    a regular file the job wrote, never through a link (see :mod:`.job_files`).
+    a regular file the job wrote, never through a link (see :mod:`..job_files`).
     """
 
     async def get(self, job_id: str) -> None:
@@ -203,7 +267,7 @@ class JobResultValuesHandler(JobsAPIHandler):
         except FileNotFoundError:
             if record.state not in TERMINAL_STATES:
                 why = f"it is still {record.state}; ask again when it has ended"
-            elif record.payload_kind != "cell":
+            elif record.payload_kind != CELL_PAYLOAD:
                 why = "it is a script job; only %%submit cells return values"
             else:
                 why = f"it {record.state} without returning values; see GET jobs/{job_id}/result and its logs"
@@ -213,27 +277,12 @@ class JobResultValuesHandler(JobsAPIHandler):
         self.finish(values)
 
 
-class MetricsHandler(JobsAPIHandler):
-    """Prometheus metrics, for admins and monitoring tokens with the service's admin scope."""
-
-    async def get(self) -> None:
-        if not self.requester.sees_everyone:
-            raise api_error(
-                403,
-                f"{self.requester.describe()} may not read the metrics; they need the scope "
-                f"{self.admin_scope} or a hub admin",
-            )
-        body, content_type = await self.jobs.metrics.render(self.jobs.allocator.ledger)
-        self.set_header("Content-Type", content_type)
-        self.finish(body)
-
-
-JOB_ROUTES = [
+default_handlers = [
     ("jobs", JobsHandler),
+    ("jobs/batch", JobsBatchHandler),
     ("jobs/{job_id}", JobHandler),
     ("jobs/{job_id}/cancel", JobCancelHandler),
     ("jobs/{job_id}/logs", JobLogsHandler),
     ("jobs/{job_id}/result", JobResultHandler),
     ("jobs/{job_id}/result/values", JobResultValuesHandler),
-    ("metrics", MetricsHandler),
 ]

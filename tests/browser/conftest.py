@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-# pytest puts tests/ on sys.path (its packages have no parent package), as for tests/integration itself.
-from integration.hubprocess import HubProcess, free_port
+# pytest puts tests/ on sys.path (its packages have no parent package): harness is tests/harness.
+from harness import HubProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -59,7 +59,6 @@ def new_page(browser):
 def start_hub(state_dir: Path, extra_env: dict[str, str] | None = None) -> HubProcess:
     """The hub of hub_config.py with its gpuslice service on a free port and simulated GPUs."""
     env = {
-        "GPUSLICE_SERVICE_PORT": str(free_port()),
         # The slices must be the labelled demo GPUs whether or not this machine has real ones.
         "GPUSLICE_INVENTORY": "simulated",
         **(extra_env or {}),

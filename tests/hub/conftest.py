@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from integration.hubprocess import REPO_ROOT, HubProcess, free_port
+from harness import REPO_ROOT, HubProcess
+from harness.jobs import follow_log
 
 ADMIN = "hubadmin"
 ADMIN_PASSWORD = "an-admin-password-of-32-characters-or-more"
@@ -143,12 +144,7 @@ class Jobs:
         return self.session.get(self.base + f"jobs/{job_id}", timeout=30).json()
 
     def log(self, job_id: str) -> str:
-        text, offset = "", 0
-        while True:
-            answer = self.session.get(self.base + f"jobs/{job_id}/logs?offset={offset}", timeout=30).json()
-            if answer["next_offset"] == offset:
-                return text
-            text, offset = text + answer["data"], answer["next_offset"]
+        return follow_log(self.session, self.hub.process, job_id)[0]
 
     def wait_for(self, job_id: str, states: tuple[str, ...], timeout: float = 90) -> dict:
         deadline = time.monotonic() + timeout
@@ -193,7 +189,6 @@ def hub(tmp_path_factory):
     state = tmp_path_factory.mktemp("gpuslice-hub")
     profiles = small_quota_profiles(state / "profiles")
     extra_env = {
-        "GPUSLICE_SERVICE_PORT": str(free_port()),
         "GPUSLICE_PROFILES_DIR": str(profiles),
         "GPUSLICE_INVENTORY": "simulated",
         "GPUSLICE_SIMULATED_GPUS": str(SIMULATED_GPUS),

@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from integration.hubprocess import HubProcess, free_port
-from service.schedhub import CHECKPOINTS
+from harness import HubProcess
+from harness.jobs import CHECKPOINTS
 
 from .conftest import ADMIN, ADMIN_PASSWORD, Hub, Jobs, small_quota_profiles
 
@@ -41,7 +41,6 @@ def hub(tmp_path_factory):
     service_config = state / "service_config.py"
     service_config.write_text(SERVICE_CONFIG)
     extra_env = {
-        "GPUSLICE_SERVICE_PORT": str(free_port()),
         "GPUSLICE_PROFILES_DIR": str(small_quota_profiles(state / "profiles")),
         "GPUSLICE_INVENTORY": "simulated",
         "GPUSLICE_SIMULATED_GPUS": "1",

@@ -13,7 +13,7 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
-from integration.hubprocess import HubProcess, free_port
+from harness import HubProcess
 
 from spawner.config.profiles import load_profiles
 from spawner.hub.mixin import GPUSliceSpawnerMixin
@@ -51,7 +51,6 @@ for _ in range(6000):
 def hub(tmp_path_factory):
     state = tmp_path_factory.mktemp("reclaim-hub")
     extra_env = {
-        "GPUSLICE_SERVICE_PORT": str(free_port()),
         "GPUSLICE_PROFILES_DIR": str(small_quota_profiles(state / "profiles")),
         "GPUSLICE_INVENTORY": "simulated",
         "GPUSLICE_SIMULATED_GPUS": "2",

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from harness import HubProcess
 from jupyter_client import BlockingKernelClient
-
-from .hubprocess import HubProcess
 
 JOB_ID = re.compile(r"submitted (job-[0-9a-z]+)")
 

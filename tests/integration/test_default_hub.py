@@ -15,8 +15,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from harness import HubProcess
 
-from .hubprocess import HubProcess
 from .kernels import evaluate, run, spawn_server, start_kernel
 
 pytestmark = pytest.mark.slow

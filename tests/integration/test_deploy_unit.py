@@ -13,10 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from harness import REPO_ROOT
 
 from spawner.hub.local import SHARED_STATE_DIR_MODE
-
-from .hubprocess import REPO_ROOT
 
 UNIT = REPO_ROOT / "deploy" / "jupyterhub-gpuslice.service"
 README_SECTION = "## A shared GPU server (servers as system users)"

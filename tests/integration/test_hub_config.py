@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-from traitlets.config.loader import PyFileConfigLoader
+import json
 
-from integration.hubprocess import REPO_ROOT
+import pytest
+from harness import REPO_ROOT
+from harness.hub import TEST_CONFIG
+from traitlets.config import Config
+from traitlets.config.loader import PyFileConfigLoader
 
 
 def load_hub_config(monkeypatch, tmp_path, **environment: str):
@@ -50,3 +53,41 @@ def test_a_service_config_file_reaches_the_service(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     command = service_command(load_hub_config(monkeypatch, tmp_path, GPUSLICE_SERVICE_CONFIG="service.py"))
     assert f"--config={tmp_path / 'service.py'}" in command
+
+
+def load_test_hub_config(monkeypatch, overlay: dict | None) -> Config:
+    """The config every test hub runs (tests/harness/hub_config_for_tests.py), with ``overlay``."""
+    if overlay is None:
+        monkeypatch.delenv("GPUSLICE_TEST_HUB", raising=False)
+    else:
+        monkeypatch.setenv("GPUSLICE_TEST_HUB", json.dumps(overlay))
+    return PyFileConfigLoader(TEST_CONFIG.name, path=str(TEST_CONFIG.parent)).load_config()
+
+
+def test_the_test_hubs_are_hub_config_py_itself_with_additions_only(monkeypatch, tmp_path):
+    shipped = load_hub_config(monkeypatch, tmp_path, GPUSLICE_GROUPS="researchers=alice")
+    assert load_test_hub_config(monkeypatch, None) == shipped
+
+    extra_role = {"name": "gpuslice-admin", "scopes": ["custom:gpuslice:admin"], "users": ["erin"]}
+    overlay = {
+        "service_args": ["--BatchScheduler.interval_seconds=0.5"],
+        "users": ["alice", "erin"],
+        "roles": [extra_role],
+        "admin_token": "a-test-admin-token",
+    }
+    tested = load_test_hub_config(monkeypatch, overlay)
+    # The shipped roles, scopes and service, as they are, then only what the test added.
+    assert tested.JupyterHub.custom_scopes == shipped.JupyterHub.custom_scopes
+    roles = shipped.JupyterHub.load_roles
+    assert tested.JupyterHub.load_roles == [*roles, extra_role, {"name": "admin", "services": ["test-admin"]}]
+    (gpuslice,) = shipped.JupyterHub.services
+    assert tested.JupyterHub.services == [
+        {**gpuslice, "command": [*gpuslice["command"], "--BatchScheduler.interval_seconds=0.5"]},
+        {"name": "test-admin", "api_token": "a-test-admin-token"},
+    ]
+    assert tested.JupyterHub.load_groups == shipped.JupyterHub.load_groups
+    assert tested.Spawner == shipped.Spawner
+    assert tested.GPUSliceSpawnerMixin == shipped.GPUSliceSpawnerMixin
+    assert tested.JupyterHub.authenticator_class == "dummy"
+    assert tested.Authenticator.allowed_users == {"alice", "erin"}
+    assert tested.Authenticator.allow_all is False

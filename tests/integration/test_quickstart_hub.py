@@ -3,8 +3,7 @@
 import time
 
 import pytest
-
-from .hubprocess import HubProcess
+from harness import HubProcess
 
 pytestmark = pytest.mark.slow
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from harness import REPO_ROOT, HubProcess
 from jupyter_client import BlockingKernelClient
 
-from .hubprocess import REPO_ROOT, HubProcess
 from .kernels import evaluate, run, spawn_server, start_kernel
 
 pytestmark = pytest.mark.slow

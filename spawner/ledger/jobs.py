@@ -42,18 +42,20 @@ again under the same run id.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import Text, cast, func, select
+from sqlalchemy import Integer, Text, bindparam, case, cast, func, literal, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
 from ..core.scheduler import BatchJob
 from ..core.vocabulary import PAYLOAD_KINDS, TERMINAL_STATES, UNFINISHED_STATES, JobState, Priority
+from .bulk_read import as_json_objects, one_step_reads, read_json_objects
 from .models import JobEventRow, JobRow, JobSubmissionRow, LeaseRow
 from .store import Ledger
 
@@ -595,7 +597,14 @@ class JobStore:
         query = _list_query(_LISTING_SELECT, owner, states, limit)
 
         def work(session: Session) -> list[dict[str, Any]]:
-            result = session.connection().execute(query)
+            connection = session.connection()
+            if one_step_reads(connection):
+                wanted = None if states is None else tuple(sorted(_state(state).value for state in states))
+                statement = _json_listing(wanted, owner is not None, limit is not None)
+                jobs = read_json_objects(connection, statement, owner=owner, limit=limit)
+                jobs.sort(key=lambda job: (job["created_at"], job["id"]), reverse=True)
+                return jobs
+            result = connection.execute(query)
             names = tuple(result.keys())
             json_at = [names.index(name) for name in _JSON_FIELDS]
             decoded: dict[str, Any] = {}  # most jobs' environments and GPU lists are alike
@@ -624,9 +633,15 @@ class JobStore:
         )
 
         def work(session: Session) -> list[BatchJob]:
+            connection = session.connection()
+            if one_step_reads(connection):
+                rows = [tuple(job.values()) for job in read_json_objects(connection, _json_queue())]
+                rows.sort(key=lambda row: (row[5], row[0]))  # (created_at, id), as the query orders
+            else:
+                rows = connection.execute(query)
             models: dict[str, frozenset[str]] = {}  # one set per distinct list of GPU models
             queue = []
-            for row in session.connection().execute(query):
+            for row in rows:
                 (job_id, owner, group, gpus, priority, created_at, time_limit_s, gpu_models, cpu, memory) = (
                     row
                 )
@@ -723,6 +738,28 @@ def _implied_fields(target: JobState, at: float) -> dict[str, Any]:
             "borrowed": False,
         }
     return {}
+
+
+@functools.lru_cache(maxsize=64)
+def _json_listing(states: tuple[str, ...] | None, by_owner: bool, limited: bool) -> Select:
+    """The SQLite listing of :meth:`JobStore.listing` as one JSON text, built once per shape:
+    ``owner`` and ``limit`` are its parameters (constructing the statement cost more than
+    running it)."""
+    query = select(*LISTING_COLUMNS).order_by(JobRow.created_at.desc(), JobRow.id.desc())
+    if by_owner:
+        query = query.where(JobRow.owner == bindparam("owner"))
+    if states is not None:
+        query = query.where(JobRow.state.in_(states))
+    if limited:
+        query = query.limit(bindparam("limit", type_=Integer))
+    return as_json_objects(query)
+
+
+@functools.lru_cache(maxsize=1)
+def _json_queue() -> Select:
+    """The scheduler's queue (``QUEUE_COLUMNS``, oldest first) as one JSON text, for SQLite."""
+    columns = [column.label(f"c{index}") for index, column in enumerate(QUEUE_COLUMNS)]
+    return as_json_objects(select(*columns).where(JobRow.state == JobState.queued.value))
 
 
 def _list_query(
@@ -904,20 +941,24 @@ def _usage_of(session: Session, owner: str, limits: SubmissionLimits | None = No
     Given ``limits``, a figure whose limit is 0 (unbounded) is not counted (0 stands for it):
     nothing would be checked against it.
     """
-    queued = 0
-    if limits is None or limits.max_queued_jobs:
-        queued = session.scalar(
-            select(func.count()).where(JobRow.owner == owner, JobRow.state == JobState.queued.value)
-        )
-    payload_bytes = 0
-    if limits is None or limits.max_payload_bytes:
-        size = func.coalesce(JobSubmissionRow.payload_bytes, func.length(JobRow.payload))
-        payload_bytes = session.scalar(
-            select(func.coalesce(func.sum(size), 0))
-            .select_from(JobRow)
-            .outerjoin(JobSubmissionRow, JobSubmissionRow.job_id == JobRow.id)
-            .where(JobRow.owner == owner, JobRow.state.in_([state.value for state in UNFINISHED_STATES]))
-        )
+    count_queued = limits is None or bool(limits.max_queued_jobs)
+    count_bytes = limits is None or bool(limits.max_payload_bytes)
+    if not (count_queued or count_bytes):
+        return SubmissionUsage(0, 0)
+    # One Core query for both figures, over the owner's unfinished jobs (the index on owner and
+    # state finds them): every submission runs it, inside the allocator's lock.
+    size = func.coalesce(JobSubmissionRow.payload_bytes, func.length(JobRow.payload))
+    is_queued = JobRow.state == JobState.queued.value
+    figures = (
+        func.coalesce(func.sum(case((is_queued, 1), else_=0)), 0) if count_queued else literal(0),
+        func.coalesce(func.sum(size), 0) if count_bytes else literal(0),
+    )
+    query = select(*figures).where(
+        JobRow.owner == owner, JobRow.state.in_([state.value for state in UNFINISHED_STATES])
+    )
+    if count_bytes:
+        query = query.select_from(JobRow).outerjoin(JobSubmissionRow, JobSubmissionRow.job_id == JobRow.id)
+    queued, payload_bytes = session.connection().execute(query).one()
     return SubmissionUsage(int(queued or 0), int(payload_bytes or 0))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -89,6 +90,8 @@ class Ledger:
         self.engine: Engine = create_ledger_engine(url, busy_timeout_s=busy_timeout_s, echo=echo)
         self._writes = sessionmaker(self.engine, expire_on_commit=False)
         self._reads = sessionmaker(reader(self.engine), expire_on_commit=False)
+        self._writers = threading.Lock()
+        """Taken by every write transaction of this process (see :meth:`_write`)."""
         self._nodes: tuple[Node, ...] | None = None
         """The present nodes as this ledger's last :meth:`sync_inventory` left them (see :meth:`nodes`)."""
 
@@ -107,7 +110,18 @@ class Ledger:
     # -------------------------------------------------------------------------- transactions
 
     def _write(self, work: Callable[[Session], Outcome]) -> Outcome:
-        """Run ``work`` in one transaction under the allocator lock, retrying a locked SQLite."""
+        """Run ``work`` in one transaction under the allocator lock, retrying a locked SQLite.
+
+        The writers of this process first queue on :attr:`_writers`, which hands over the moment
+        it is released: left to the database, a writer that finds SQLite locked polls for it,
+        sleeping up to 100 ms between tries, so that concurrent submissions were served by sleeps
+        (and PostgreSQL's advisory lock would tie up a pooled connection per waiter). The
+        database's own lock still keeps writers of other processes out.
+        """
+        with self._writers:
+            return self._write_locked(work)
+
+    def _write_locked(self, work: Callable[[Session], Outcome]) -> Outcome:
         attempt = 0
         while True:
             try:

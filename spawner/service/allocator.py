@@ -183,7 +183,24 @@ class Allocator:
                 )
         group = self.charged_group(user, body.group)
         request = self.placed(body.slice_request)
-        result = await asyncio.to_thread(
+        result = await self._allocate_interactive(body, group, request)
+        if result.no_capacity is not None:
+            reclaiming = await self.reclaim_for_interactive(body.lease_id, request)
+            if reclaiming is not None:
+                return Grant(result, group, reclaiming)
+            # The reclaim found nothing to stop. Either stopping borrowers would not make room,
+            # or room came back since the ledger looked (a borrower's stop finished in between):
+            # the ledger is asked once more, so that a slice that fits now is not refused.
+            result = await self._allocate_interactive(body, group, request)
+        if result.granted:
+            # The GPUs reclaimed for this request, if any, are its own now.
+            self.held_for_interactive.pop(body.lease_id, None)
+        return Grant(result, group)
+
+    async def _allocate_interactive(
+        self, body: LeaseBody, group: str | None, request: SliceRequest
+    ) -> AllocationResult:
+        return await asyncio.to_thread(
             self.ledger.allocate,
             body.lease_id,
             body.holder,
@@ -194,12 +211,6 @@ class Allocator:
             self.quotas,
             policy_name=self.policy_name,
         )
-        if result.granted:
-            # The GPUs reclaimed for this request, if any, are its own now.
-            self.held_for_interactive.pop(body.lease_id, None)
-        elif result.no_capacity is not None:
-            return Grant(result, group, await self.reclaim_for_interactive(body.lease_id, request))
-        return Grant(result, group)
 
     async def grant_batch(
         self,

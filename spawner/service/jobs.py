@@ -24,7 +24,7 @@ from traitlets import Float, Int, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from spawner.core import quota
-from spawner.core.scheduler import largest_gang
+from spawner.core.scheduler import BatchJob, largest_gang
 from spawner.core.units import Lease, Node
 from spawner.core.vocabulary import CELL_PAYLOAD, DEV_POOL, TERMINAL_STATES, TRAIN_POOL, JobState, Priority
 from spawner.ledger.jobs import (
@@ -418,6 +418,10 @@ class JobService(JobStops, LoggingConfigurable):
         """The queue, in the order the store keeps it."""
         return await self.call(self.store.queued)
 
+    async def queue_view(self) -> list[BatchJob]:
+        """The queue as the scheduler weighs it, oldest first, without payloads (``JobStore.queue``)."""
+        return await self.call(self.store.queue)
+
     async def running(self) -> list[JobRecord]:
         return await self.call(self.store.running)
 
@@ -499,13 +503,13 @@ class JobService(JobStops, LoggingConfigurable):
             return cancelled
 
     def publish(
-        self, queue: QueueSnapshot, waiting: Iterable[JobRecord], usage: Mapping[str | None, float]
+        self, queue: QueueSnapshot, waiting: Iterable[BatchJob], usage: Mapping[str | None, float]
     ) -> None:
         """What a scheduling pass left, where the API reads it: the places and reasons of the jobs
         it left ``waiting`` (replaced whole, so a reader holding it sees one pass), and the queue
         and fair-share metrics. The caller holds :attr:`lock`, so no cancel lands in between."""
         self.queue = queue
-        self.metrics.observe_queue((record.group, record.priority) for record in waiting)
+        self.metrics.observe_queue((job.group, job.priority.name) for job in waiting)
         self.metrics.observe_fair_share(usage)
 
     async def launch(self, record: JobRecord, lease: Lease) -> None:

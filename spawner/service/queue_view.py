@@ -11,6 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+
+NOT_WAITING: Mapping[str, object] = MappingProxyType(
+    {"queue_position": None, "jobs_ahead": None, "waiting_reason": None, "queue_as_of": None}
+)
+"""The queue fields of a job that is not waiting in the snapshot."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,12 @@ class QueueSnapshot:
     reasons: Mapping[str, str] = field(default_factory=dict)
     _ahead: dict[str, int] = field(init=False, repr=False, compare=False)
     _own_rank: dict[str, int] = field(init=False, repr=False, compare=False)
+    _fields_everyone: dict[str, dict[str, object]] | None = field(
+        init=False, default=None, repr=False, compare=False
+    )
+    _fields_own: dict[str, dict[str, object]] | None = field(
+        init=False, default=None, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         ahead = {job_id: index for index, job_id in enumerate(self.order)}
@@ -65,6 +77,26 @@ class QueueSnapshot:
             return None
         position = ahead if everyone else self._own_rank[job_id]
         return QueuePlace(position, ahead, self.reasons[job_id], self.as_of)
+
+    def json_fields(self, job_id: str, everyone: bool) -> dict[str, object]:
+        """The API's four queue fields of ``job_id`` (``queue_position``, ``jobs_ahead``,
+        ``waiting_reason``, ``queue_as_of``), all null when the pass did not leave it waiting.
+
+        Made once per snapshot and view, on first use, and shared (callers copy them into their
+        answer): a listing asks for hundreds of jobs, and a pass serves many listings."""
+        view = self._fields_everyone if everyone else self._fields_own
+        if view is None:
+            view = {}
+            for job_id_waiting in self.order:
+                place = self.place(job_id_waiting, everyone)
+                view[job_id_waiting] = {
+                    "queue_position": place.position,
+                    "jobs_ahead": place.jobs_ahead,
+                    "waiting_reason": place.reason,
+                    "queue_as_of": place.as_of,
+                }
+            object.__setattr__(self, "_fields_everyone" if everyone else "_fields_own", view)
+        return view.get(job_id, NOT_WAITING)
 
     def without(self, job_id: str) -> QueueSnapshot:
         """This snapshot less a job that left the queue between passes (a cancel), so that the

@@ -87,8 +87,8 @@ class PassResult:
     """Jobs that ended since the last pass (exited, timed out, or lost)."""
     queue: QueueSnapshot
     """The jobs the pass left waiting, in its order, with their reasons."""
-    waiting: tuple[JobRecord, ...]
-    """Their records."""
+    waiting: tuple[scheduler.BatchJob, ...]
+    """The jobs themselves, as the scheduler saw them."""
     usage: dict[str | None, float]
     """Each group's decayed GPU-seconds, as the pass weighed them."""
 
@@ -171,8 +171,10 @@ class BatchScheduler(LoggingConfigurable):
         now = time.time() if now is None else now
         finished = await self.poll_running()
         await self._load_usage()
-        (nodes, leases), holding, queued_records = await asyncio.gather(
-            self.allocator.holdings(), jobs.holding_jobs(), jobs.queued()
+        # The queue as the scheduler weighs it, without payloads: a busy day queues thousands of
+        # jobs, and only those this pass starts are read whole (see _start).
+        (nodes, leases), holding, queue = await asyncio.gather(
+            self.allocator.holdings(), jobs.holding_jobs(), jobs.queue_view()
         )
         by_id = {lease.id: lease for lease in leases}
         for record in holding.preempted:
@@ -183,7 +185,6 @@ class BatchScheduler(LoggingConfigurable):
         released = await self._release_orphans(by_id.values(), {record.id for record in holding.holding})
         occupied = [lease.placement for lease in by_id.values() if lease.id not in released]
         self._decay_usage(running, finished, now)
-        queue = [record.as_batch_job() for record in queued_records]
         shares = group_shares(self.allocator.quotas, [job.group for job in queue] + list(self.usage))
         decision = await asyncio.to_thread(
             scheduler.schedule,
@@ -198,10 +199,12 @@ class BatchScheduler(LoggingConfigurable):
             holding.stopping,
         )
         waiting = {job_id: place.reason for job_id, place in decision.waiting.items()}
-        records = {record.id: record for record in queued_records}
         started = []
         for start in decision.starts:
-            refused = await self._start(records[start.job.id], start, now)
+            record = await jobs.get(start.job.id)
+            if record is None or record.state != JobState.queued:
+                continue  # the pass holds the lock: only a hand-edited ledger gets here
+            refused = await self._start(record, start, now)
             if refused is not None:
                 waiting[start.job.id] = refused  # it keeps its place in the pass's order
             else:
@@ -210,9 +213,7 @@ class BatchScheduler(LoggingConfigurable):
         for preempt in decision.preemptions:
             if await jobs.preempt(preempt.job_id, preempt.reason, self.preemption_grace_seconds):
                 preempted.append(preempt.job_id)
-        snapshot = QueueSnapshot.of_pass(
-            now, decision.order, waiting, {record.id: record.owner for record in queued_records}
-        )
+        snapshot = QueueSnapshot.of_pass(now, decision.order, waiting, {job.id: job.owner for job in queue})
         await self._save_usage(now)
         return PassResult(
             decision,
@@ -220,7 +221,7 @@ class BatchScheduler(LoggingConfigurable):
             tuple(preempted),
             tuple(finished),
             snapshot,
-            tuple(record for record in queued_records if record.id in waiting),
+            tuple(job for job in queue if job.id in waiting),
             dict(self.usage),
         )
 

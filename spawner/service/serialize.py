@@ -6,8 +6,9 @@ back) sees the same field names; the admin page's views of holders and groups ar
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 from spawner.config.profiles import Profile
 from spawner.core.quota import HolderUsage, Limits, Refusal
@@ -16,21 +17,20 @@ from spawner.core.vocabulary import TERMINAL_STATES, JobState, holder_expiry
 from spawner.ledger import GPUHolder
 from spawner.ledger.jobs import JobRecord
 
-from .queue_view import QueueSnapshot
+from .queue_view import NOT_WAITING, QueueSnapshot
 
 
-def to_json(payload: Any) -> str:
-    """The text of a JSON answer, never with ``NaN`` or ``Infinity``: they are not JSON, and a
+def to_json(payload: Any) -> bytes:
+    """The body of a JSON answer, never with ``NaN`` or ``Infinity``: they are not JSON, and a
     client's parser would refuse the whole answer.
 
     The API refuses non-finite numbers on the way in, so nothing stored since holds one; a value
-    stored before it did (a job's time limit of ``inf``) is written as null.
+    stored before it did (a job's time limit of ``inf``) is written as null, which is what
+    ``orjson`` does with them. ``orjson`` because a listing of hundreds of jobs is the service's
+    largest answer, and encoding it with the standard library took a third of the event loop's
+    time under load (``benchmarks/load.py``).
     """
-    try:
-        return json.dumps(payload, allow_nan=False)
-    except ValueError:
-        finite = json.loads(json.dumps(payload), parse_constant=lambda _: None)
-        return json.dumps(finite, allow_nan=False)
+    return orjson.dumps(payload)
 
 
 def request_json(request: SliceRequest) -> dict[str, Any]:
@@ -111,11 +111,8 @@ def job_json(
     caller sees is numbered 0..n-1; ``jobs_ahead`` is always the whole queue's figure.
     """
     model = record if isinstance(record, dict) else record.to_dict(include_provenance=not listing)
-    place = queue.place(model["id"], everyone) if model["state"] == JobState.queued else None
-    model["queue_position"] = place.position if place else None
-    model["jobs_ahead"] = place.jobs_ahead if place else None
-    model["waiting_reason"] = place.reason if place else None
-    model["queue_as_of"] = place.as_of if place else None
+    waiting = model["state"] == JobState.queued
+    model.update(queue.json_fields(model["id"], everyone) if waiting else NOT_WAITING)
     return model
 
 

@@ -6,6 +6,7 @@ back) sees the same field names; the admin page's views of holders and groups ar
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -28,9 +29,17 @@ def to_json(payload: Any) -> bytes:
     stored before it did (a job's time limit of ``inf``) is written as null, which is what
     ``orjson`` does with them. ``orjson`` because a listing of hundreds of jobs is the service's
     largest answer, and encoding it with the standard library took a third of the event loop's
-    time under load (``benchmarks/load.py``).
+    time under load (``benchmarks/load.py``). What ``orjson`` cannot write (an integer past 64
+    bits, which a job's free-form provenance may hold) is written by the standard library.
     """
-    return orjson.dumps(payload)
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError:
+        try:
+            return json.dumps(payload, allow_nan=False).encode()
+        except ValueError:
+            finite = json.loads(json.dumps(payload), parse_constant=lambda _: None)
+            return json.dumps(finite, allow_nan=False).encode()
 
 
 def request_json(request: SliceRequest) -> dict[str, Any]:

@@ -149,6 +149,19 @@ def start_job_hub(state_dir: Path, extra_service_args: str = "") -> HubProcess:
     return started(hub, hold_dev_gpu=True)
 
 
+def start_queue_only_hub(state_dir: Path, extra_service_args: str = "") -> HubProcess:
+    """A :func:`start_job_hub` whose training GPU is held too (by carol's lease ``train-holder``),
+    so that every job submitted stays in the queue: for tests of what submission accepts."""
+    hub = start_job_hub(state_dir, extra_service_args)
+    body = {"lease_id": "train-holder", "user": "carol", "holder": "carol/"}
+    body["request"] = {"gpus": 1, "pool": "train"}
+    held = hub.client(hub.service_token).post(hub.api + "leases", json=body, timeout=30)
+    if held.status_code != 201:
+        hub.stop()
+        raise AssertionError(f"the training GPU could not be held: {held.status_code} {held.text}")
+    return hub
+
+
 def start_sched_hub(
     state_dir: Path,
     quotas: str,

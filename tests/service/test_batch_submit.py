@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from harness.service_hubs import start_job_hub
+from harness.service_hubs import start_queue_only_hub
 
 pytestmark = pytest.mark.slow
 
@@ -19,12 +19,7 @@ LIMITS = "--JobService.max_queued_jobs_per_user=6 --JobService.max_jobs_per_batc
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    hub = start_job_hub(tmp_path_factory.mktemp("batch-hub"), LIMITS)
-    # The training GPU is held too, so that every job stays in the queue.
-    body = {"lease_id": "train-holder", "user": "carol", "holder": "carol/"}
-    body["request"] = {"gpus": 1, "pool": "train"}
-    held = hub.client(hub.service_token).post(hub.api + "leases", json=body, timeout=30)
-    assert held.status_code == 201, held.text
+    hub = start_queue_only_hub(tmp_path_factory.mktemp("batch-hub"), LIMITS)
     yield hub
     hub.stop()
 

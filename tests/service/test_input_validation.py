@@ -139,6 +139,11 @@ def test_answers_are_strict_json_even_for_a_non_finite_number_stored_before_the_
         "nested": [None, 1.5],
     }
     assert strict(to_json({"fine": 1.0})) == {"fine": 1.0}
+    # Integers past 64 bits (a job's free-form provenance may hold one) are written whole.
+    huge = 29565332425936468253361443667600998400
+    assert strict(to_json({"provenance": {"n": huge, "x": float("inf")}})) == {
+        "provenance": {"n": huge, "x": None}
+    }
 
 
 @pytest.mark.slow

@@ -97,6 +97,7 @@ def test_positions_of_a_listing_come_from_one_pass_without_duplicates_or_gaps(hu
     cancel(carol, hub, blocker["id"])
     for user, session in sessions.items():
         for job in jobs[user]:
-            assert wait_for(session, hub, job["id"], ("succeeded", "failed", "cancelled"), timeout=90)[
-                "state"
-            ] == "succeeded"
+            assert (
+                wait_for(session, hub, job["id"], ("succeeded", "failed", "cancelled"), timeout=90)["state"]
+                == "succeeded"
+            )

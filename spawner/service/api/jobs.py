@@ -7,7 +7,9 @@ say nothing about who owns what.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from spawner.core.vocabulary import CELL_PAYLOAD, STATES, TERMINAL_STATES, JobState
@@ -30,6 +32,24 @@ TRUE_WORDS = ("1", "true", "yes")
 FALSE_WORDS = ("0", "false", "no")
 _DIGITS = re.compile("[0-9]{1,16}")
 """A whole number as query parameters write it: ASCII digits only (``str.isdigit`` takes ``²``)."""
+
+
+@contextlib.contextmanager
+def submission_errors() -> Iterator[None]:
+    """The answers to a submission the service refuses, one way for ``POST jobs`` and
+    ``POST jobs/batch``: a body or a limit that refuses it is a 400, a reused idempotency key a
+    409, a token whose user the hub no longer has a 403. A refused batch passes through: its
+    handler answers it with every job's error."""
+    try:
+        yield
+    except BatchRefused:
+        raise
+    except JobBodyError as error:
+        raise api_error(400, str(error)) from None
+    except IdempotencyConflict as error:
+        raise api_error(409, str(error)) from None
+    except UnknownUserError as error:
+        raise api_error(403, str(error)) from None
 
 
 class JobsAPIHandler(APIHandler):
@@ -110,7 +130,7 @@ class JobsHandler(JobsAPIHandler):
             raise api_error(
                 403, f"{self.requester.describe()} may not submit jobs; submit with a user's token"
             )
-        try:
+        with submission_errors():
             body = parse_job_body(
                 self.json_body(),
                 max_payload_bytes=self.jobs.max_payload_bytes,
@@ -122,12 +142,6 @@ class JobsHandler(JobsAPIHandler):
             key = parse_idempotency_key(self.request.headers.get(IDEMPOTENCY_HEADER))
             user = await self.allocator.users.get(self.requester.name)
             submission = await self.jobs.submit(user, body, idempotency_key=key)
-        except JobBodyError as error:
-            raise api_error(400, str(error)) from None
-        except IdempotencyConflict as error:
-            raise api_error(409, str(error)) from None
-        except UnknownUserError as error:
-            raise api_error(403, str(error)) from None
         self.reply(201 if submission.created else 200, {"job": self.job_model(submission.record)})
 
 
@@ -148,18 +162,13 @@ class JobsBatchHandler(JobsAPIHandler):
             )
         bodies = self.batch_bodies()
         try:
-            key = parse_idempotency_key(self.request.headers.get(IDEMPOTENCY_HEADER))
-            user = await self.allocator.users.get(self.requester.name)
-            batch = await self.jobs.submit_many(user, bodies, idempotency_key=key)
+            with submission_errors():
+                key = parse_idempotency_key(self.request.headers.get(IDEMPOTENCY_HEADER))
+                user = await self.allocator.users.get(self.requester.name)
+                batch = await self.jobs.submit_many(user, bodies, idempotency_key=key)
         except BatchRefused as refused:
             self.refuse_batch(refused)
             return
-        except JobBodyError as error:
-            raise api_error(400, str(error)) from None
-        except IdempotencyConflict as error:
-            raise api_error(409, str(error)) from None
-        except UnknownUserError as error:
-            raise api_error(403, str(error)) from None
         queue = self.jobs.queue
         everyone = self.requester.sees_everyone
         created = any(submission.created for submission in batch.submissions)

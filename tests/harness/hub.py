@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -222,6 +223,10 @@ class HubProcess:
         return self.client(self.tokens[user])
 
     def stop(self) -> None:
+        """Stop the hub (and with it the service), then the batch jobs it left running.
+
+        Jobs outlive the service on purpose (a restarted service finds them again), so a test
+        that ends with a job still running, a failed one above all, would leave it behind."""
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
@@ -229,3 +234,31 @@ class HubProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        stop_jobs_under(self.state_dir)
+
+
+def stop_jobs_under(state_dir: Path) -> list[int]:
+    """Kill the job supervisors whose job directory is under ``state_dir``, and their jobs (each
+    in a session of its own); the supervisors' pids."""
+    marker = f"--job-dir\0{Path(state_dir).resolve()}".encode()
+    supervisors = []
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        parent = next((line.split()[1] for line in status.splitlines() if line.startswith("PPid:")), "0")
+        parents[int(entry.name)] = int(parent)
+        if b"spawner.service.executor.supervisor" in command and marker in command:
+            supervisors.append(int(entry.name))
+    jobs = [pid for pid, parent in parents.items() if parent in supervisors]
+    for pid in jobs + supervisors:
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    return supervisors

@@ -10,10 +10,16 @@ so the thread waits for the GIL once, however many rows there are.
 
 Other databases are read row by row as usual: their drivers fetch a whole result without giving
 up the GIL per row.
+
+A listing that is only passed on to an API client need not become Python objects at all:
+:func:`as_separated_json_objects` has SQLite write each row as the JSON object the client gets,
+behind the few values the caller needs to sort and complete it, and the answer is assembled from
+those bytes (see ``JobStore.listing``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -44,6 +50,41 @@ def as_json_objects(query: Select) -> Select:
     for column in ordered.columns:
         fields += [column.key, _as_json_value(column)]
     return select(func.json_group_array(func.json_object(*fields)))
+
+
+RECORD_SEPARATOR = "\x1e"
+UNIT_SEPARATOR = "\x1f"
+"""Between rows, and between the values of a row, in :func:`as_separated_json_objects`' text. JSON
+writes every control character escaped (``\\u001e``), so neither occurs inside an object."""
+
+
+def as_separated_json_objects(query: Select, leading: Sequence[str]) -> Select:
+    """A statement whose one value is ``query``'s rows as text: per row, the values of the
+    columns named in ``leading`` as JSON texts, then the whole row as a JSON object (as
+    :func:`as_json_objects` writes it), separated by :data:`UNIT_SEPARATOR`, rows by
+    :data:`RECORD_SEPARATOR`; read it with :func:`read_separated_json_objects`. A ``leading``
+    column must not be null. The rows come in no promised order."""
+    rows = query.subquery()
+    fields: list[Any] = []
+    for column in rows.columns:
+        fields += [column.key, _as_json_value(column)]
+    row_text: Any = func.json_object(*fields)
+    for name in reversed(leading):
+        # json_quote writes text quoted and leaves JSON (a float as written above) as it is
+        row_text = func.json_quote(_as_json_value(rows.columns[name])).concat(UNIT_SEPARATOR).concat(row_text)
+    return select(func.coalesce(func.group_concat(row_text, RECORD_SEPARATOR), ""))
+
+
+def read_separated_json_objects(
+    connection: Connection, statement: Select, **params: Any
+) -> list[list[bytes]]:
+    """The rows of an :func:`as_separated_json_objects` statement, each as its leading values'
+    JSON texts and then its JSON object, all UTF-8 bytes (SQLite only)."""
+    text: str = connection.execute(statement, params).scalar_one()
+    if not text:
+        return []
+    record, unit = RECORD_SEPARATOR.encode(), UNIT_SEPARATOR.encode()
+    return [row.split(unit) for row in text.encode().split(record)]
 
 
 def read_json_objects(connection: Connection, statement: Select, **params: Any) -> list[dict[str, Any]]:

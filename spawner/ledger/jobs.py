@@ -49,13 +49,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import orjson
 from sqlalchemy import Integer, Text, bindparam, case, cast, func, literal, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
 from ..core.scheduler import BatchJob
 from ..core.vocabulary import PAYLOAD_KINDS, TERMINAL_STATES, UNFINISHED_STATES, JobState, Priority
-from .bulk_read import as_json_objects, one_step_reads, read_json_objects
+from .bulk_read import (
+    as_json_objects,
+    as_separated_json_objects,
+    one_step_reads,
+    read_json_objects,
+    read_separated_json_objects,
+)
 from .models import JobEventRow, JobRow, JobSubmissionRow, LeaseRow
 from .store import Ledger
 
@@ -210,6 +217,16 @@ class JobRecord:
         if not include_provenance:
             del values["provenance"]
         return values
+
+
+@dataclass(frozen=True, slots=True)
+class ListedJob:
+    """A job as a listing shows it: ``JobRecord.to_dict(include_provenance=False)`` as a JSON
+    object (UTF-8), with the two fields a caller completes it by."""
+
+    id: str
+    state: str
+    json_object: bytes
 
 
 _RECORD_FIELDS = tuple(attribute.name for attribute in fields(JobRecord))
@@ -398,58 +415,108 @@ class JobStore:
         all at the same time ``now``, under the allocator lock.
         """
         batch = list(items)
+        return BatchSubmission(
+            self.ledger._write(
+                lambda session: self._checked(session, batch, limits, now, all_or_nothing=True)
+            )
+        )
+
+    def submit_each(
+        self,
+        items: Iterable[BatchItem],
+        *,
+        limits: SubmissionLimits = SubmissionLimits(),
+        now: float | None = None,
+    ) -> list[Submission]:
+        """Queue the jobs of ``items`` as if each had been given to :meth:`submit_checked` in turn,
+        but in one transaction: a refused job is answered with its refusal and the others are
+        still queued.
+
+        For submissions that arrive together from different callers (the service's group commit,
+        ``service/submission_writer.py``): one transaction, one allocator lock and one commit
+        serve them all, and every caller gets the answer that its own submission, made alone
+        just after the earlier ones of the group, would have got. Two of them under the same
+        owner and key are one job, as two retries one after the other would be.
+        """
+        batch = list(items)
+        return self.ledger._write(
+            lambda session: self._checked(session, batch, limits, now, all_or_nothing=False)
+        )
+
+    def _checked(
+        self,
+        session: Session,
+        batch: list[BatchItem],
+        limits: SubmissionLimits,
+        now: float | None,
+        *,
+        all_or_nothing: bool,
+    ) -> tuple[Submission, ...]:
+        """The transaction of :meth:`submit_many` (``all_or_nothing``) and :meth:`submit_each`."""
         sizes = [
             _utf8_size(item.spec.payload) if item.payload_bytes is None else item.payload_bytes
             for item in batch
         ]
-
-        def work(session: Session) -> BatchSubmission:
-            answers: list[Submission | None] = [None] * len(batch)
-            earlier = _submissions_under(
-                session, [(item.spec.owner, item.idempotency_key) for item in batch if item.idempotency_key]
-            )
-            found: dict[int, str] = {}
-            """Jobs of the batch that an earlier submission under their key made: their ids."""
-            usage: dict[str, SubmissionUsage] = {}
-            for index, (item, size) in enumerate(zip(batch, sizes, strict=True)):
-                owner = item.spec.owner
-                before = earlier.get((owner, item.idempotency_key)) if item.idempotency_key else None
-                if before is not None:
-                    if _other_body(before, item.body_sha256):
-                        answers[index] = Submission(
-                            refusal=SubmissionRefusal("idempotency_key", job_id=before.job_id)
-                        )
-                    else:
-                        found[index] = before.job_id
-                    continue
-                if owner not in usage:
-                    usage[owner] = _usage_of(session, owner, limits)
-                refusal = _over_limits(limits, usage[owner], size)
-                if refusal is not None:
-                    answers[index] = Submission(refusal=refusal)
-                    continue
-                usage[owner] = SubmissionUsage(
-                    usage[owner].queued_jobs + 1, usage[owner].payload_bytes + size
+        answers: list[Submission | None] = [None] * len(batch)
+        earlier = _submissions_under(
+            session, [(item.spec.owner, item.idempotency_key) for item in batch if item.idempotency_key]
+        )
+        found: dict[int, str] = {}
+        """Jobs of the batch that an earlier submission under their key made: their ids."""
+        same_as: dict[int, int] = {}
+        """Jobs of the batch under the key of an earlier job of the same batch: that job's index."""
+        keyed: dict[tuple[str, str], int] = {}
+        usage: dict[str, SubmissionUsage] = {}
+        for index, (item, size) in enumerate(zip(batch, sizes, strict=True)):
+            owner = item.spec.owner
+            key = (owner, item.idempotency_key) if item.idempotency_key else None
+            before = earlier.get(key) if key is not None else None
+            if before is not None:
+                if _other_body(before, item.body_sha256):
+                    answers[index] = Submission(
+                        refusal=SubmissionRefusal("idempotency_key", job_id=before.job_id)
+                    )
+                else:
+                    found[index] = before.job_id
+                continue
+            if key is not None and key in keyed:
+                same_as[index] = keyed[key]
+                continue
+            if owner not in usage:
+                usage[owner] = _usage_of(session, owner, limits)
+            refusal = _over_limits(limits, usage[owner], size)
+            if refusal is not None:
+                answers[index] = Submission(refusal=refusal)
+                continue
+            if key is not None:
+                keyed[key] = index
+            usage[owner] = SubmissionUsage(usage[owner].queued_jobs + 1, usage[owner].payload_bytes + size)
+        if all_or_nothing and any(answer is not None for answer in answers):
+            return tuple(answer or Submission() for answer in answers)
+        records = _records_by_id(session, found.values())
+        for index, job_id in found.items():
+            answers[index] = Submission(record=records[job_id], created=False)
+        new = [index for index, answer in enumerate(answers) if answer is None and index not in same_as]
+        created = _insert(
+            session,
+            self.ledger._now(now),
+            [
+                (batch[index].spec, batch[index].idempotency_key, batch[index].body_sha256, sizes[index])
+                for index in new
+            ],
+        )
+        for index, record in zip(new, created, strict=True):
+            answers[index] = Submission(record=record, created=True)
+        for index, first in same_as.items():
+            made = answers[first]
+            assert made is not None and made.record is not None
+            if _other_body(batch[first], batch[index].body_sha256):
+                answers[index] = Submission(
+                    refusal=SubmissionRefusal("idempotency_key", job_id=made.record.id)
                 )
-            if any(answer is not None for answer in answers):
-                return BatchSubmission(tuple(answer or Submission() for answer in answers))
-            records = _records_by_id(session, found.values())
-            for index, job_id in found.items():
-                answers[index] = Submission(record=records[job_id], created=False)
-            new = [index for index, answer in enumerate(answers) if answer is None]
-            created = _insert(
-                session,
-                self.ledger._now(now),
-                [
-                    (batch[index].spec, batch[index].idempotency_key, batch[index].body_sha256, sizes[index])
-                    for index in new
-                ],
-            )
-            for index, record in zip(new, created, strict=True):
-                answers[index] = Submission(record=record, created=True)
-            return BatchSubmission(tuple(answer or Submission() for answer in answers))
-
-        return self.ledger._write(work)
+            else:
+                answers[index] = Submission(record=made.record, created=False)
+        return tuple(answer or Submission() for answer in answers)
 
     def find_submission(
         self, owner: str, idempotency_key: str, body_sha256: str | None = None
@@ -585,26 +652,29 @@ class JobStore:
         owner: str | None = None,
         states: Iterable[JobState | str] | None = None,
         limit: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """What :meth:`list` finds, as the JSON-ready dictionaries of ``JobRecord.to_dict(
-        include_provenance=False)``, read straight from plain rows of ``LISTING_COLUMNS``.
+    ) -> list[ListedJob]:
+        """What :meth:`list` finds, newest first, each job as the JSON object of
+        ``JobRecord.to_dict(include_provenance=False)``, read straight from ``LISTING_COLUMNS``.
 
-        The listing endpoint's path: a user's listing returns hundreds of jobs, and neither their
-        payloads nor a :class:`JobRecord` per row is needed to show them. The JSON columns are
-        read as text and each distinct text decoded once, so jobs of one listing may share equal
-        lists and dictionaries: the answer is for serialising, not for changing.
+        The listing endpoint's path: a user's listing returns hundreds of jobs, which are only
+        passed on to the client. SQLite writes each job's JSON itself (see
+        :func:`~.bulk_read.as_separated_json_objects`), so that no Python object is made per
+        field, neither here nor to encode the answer; other databases' rows are encoded here.
         """
-        query = _list_query(_LISTING_SELECT, owner, states, limit)
 
-        def work(session: Session) -> list[dict[str, Any]]:
+        def work(session: Session) -> list[ListedJob]:
             connection = session.connection()
             if one_step_reads(connection):
                 wanted = None if states is None else tuple(sorted(_state(state).value for state in states))
                 statement = _json_listing(wanted, owner is not None, limit is not None)
-                jobs = read_json_objects(connection, statement, owner=owner, limit=limit)
-                jobs.sort(key=lambda job: (job["created_at"], job["id"]), reverse=True)
-                return jobs
-            result = connection.execute(query)
+                rows = read_separated_json_objects(connection, statement, owner=owner, limit=limit)
+                jobs = [
+                    (orjson.loads(created_at), orjson.loads(job_id), orjson.loads(state), body)
+                    for created_at, job_id, state, body in rows
+                ]
+                jobs.sort(key=lambda job: (job[0], job[1]), reverse=True)
+                return [ListedJob(job_id, state, body) for _, job_id, state, body in jobs]
+            result = connection.execute(_list_query(_LISTING_SELECT, owner, states, limit))
             names = tuple(result.keys())
             json_at = [names.index(name) for name in _JSON_FIELDS]
             decoded: dict[str, Any] = {}  # most jobs' environments and GPU lists are alike
@@ -617,7 +687,8 @@ class JobStore:
                     if value is None:
                         value = decoded[text] = json.loads(text)
                     values[at] = value
-                jobs.append(dict(zip(names, values, strict=True)))
+                job = dict(zip(names, values, strict=True))
+                jobs.append(ListedJob(job["id"], job["state"], orjson.dumps(job)))
             return jobs
 
         return self.ledger._read(work)
@@ -742,7 +813,7 @@ def _implied_fields(target: JobState, at: float) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=64)
 def _json_listing(states: tuple[str, ...] | None, by_owner: bool, limited: bool) -> Select:
-    """The SQLite listing of :meth:`JobStore.listing` as one JSON text, built once per shape:
+    """The SQLite listing of :meth:`JobStore.listing` as one text, built once per shape:
     ``owner`` and ``limit`` are its parameters (constructing the statement cost more than
     running it)."""
     query = select(*LISTING_COLUMNS).order_by(JobRow.created_at.desc(), JobRow.id.desc())
@@ -752,7 +823,7 @@ def _json_listing(states: tuple[str, ...] | None, by_owner: bool, limited: bool)
         query = query.where(JobRow.state.in_(states))
     if limited:
         query = query.limit(bindparam("limit", type_=Integer))
-    return as_json_objects(query)
+    return as_separated_json_objects(query, ("created_at", "id", "state"))
 
 
 @functools.lru_cache(maxsize=1)

@@ -61,6 +61,7 @@ from .payload import (
 )
 from .queue_view import QueueSnapshot
 from .runs import Stopping, run_id
+from .submission_writer import SubmissionWriter
 from .submissions import (
     IdempotencyConflict,
     SubmissionRefused,
@@ -199,6 +200,8 @@ class JobService(JobStops, LoggingConfigurable):
         self.store = store
         self.allocator = allocator
         self.executor = executor
+        self.submission_writer = SubmissionWriter(store, self.call)
+        """Writes single submissions, those that arrive together in one transaction."""
         self.lock = asyncio.Lock()
         self.queue = QueueSnapshot()
         """The last scheduling pass's places and reasons of the jobs it left waiting; each pass
@@ -222,9 +225,10 @@ class JobService(JobStops, LoggingConfigurable):
         :class:`JobBodyError` (400) for a body that cannot run or that a limit refuses,
         :class:`IdempotencyConflict` (409) for a key used before for another body.
 
-        One ledger transaction on the usual path: the rules that need no database (priority,
-        gang size against the cached inventory, quota) are checked first, and the key, the limits
-        and the insert together under the lock. A retry is answered whatever the rules say now (a
+        One ledger transaction on the usual path, shared with the submissions that arrive at the
+        same time (:mod:`.submission_writer`): the rules that need no database (priority, gang
+        size against the cached inventory, quota) are checked first, and the key, the limits and
+        the insert together under the lock. A retry is answered whatever the rules say now (a
         limit reached since, a GPU gone from the inventory): the key is looked up before a rule's
         refusal is given, and before the limits by the store.
         """
@@ -241,13 +245,8 @@ class JobService(JobStops, LoggingConfigurable):
                     return self._answer_retry(earlier, idempotency_key)
             raise
         size = payload_size(body)
-        submission = await self.call(
-            self.store.submit_checked,
-            spec,
-            idempotency_key=idempotency_key,
-            body_sha256=digest,
-            payload_bytes=size,
-            limits=self.submission_limits(),
+        submission = await self.submission_writer.submit(
+            BatchItem(spec, idempotency_key, digest, size), self.submission_limits()
         )
         if submission.refusal is not None and submission.refusal.rule != "idempotency_key":
             raise SubmissionRefused(limit_message(user.name, submission.refusal, size))

@@ -16,6 +16,7 @@ from spawner.core.quota import QuotaPolicy
 from spawner.core.units import SliceRequest, WorkloadClass
 from spawner.ledger import Ledger
 from spawner.ledger.jobs import (
+    BatchItem,
     JobSpec,
     JobState,
     JobStateError,
@@ -169,6 +170,57 @@ def test_concurrent_submissions_cannot_pass_a_limit_together(store: JobStore) ->
     assert sum(answer.created for answer in answers) == 3
     assert {answer.refusal.rule for answer in answers if not answer.created} == {"max_payload_bytes"}
     assert store.usage("ana").payload_bytes == 3000
+
+
+# ------------------------------------------------------------- submissions written together
+
+
+def test_submissions_written_together_are_answered_as_if_made_one_after_the_other(store: JobStore) -> None:
+    """The service's group commit: each job is checked in turn, the limits counting the earlier
+    ones of the group, and a refusal refuses its own job only."""
+    limits = SubmissionLimits(max_queued_jobs=2)
+    answers = store.submit_each(
+        [BatchItem(spec("ana")), BatchItem(spec("ana")), BatchItem(spec("ana")), BatchItem(spec("ben"))],
+        limits=limits,
+    )
+    assert [answer.created for answer in answers] == [True, True, False, True]
+    refusal = answers[2].refusal
+    assert (refusal.rule, refusal.limit, refusal.usage) == ("max_queued_jobs", 2, 2)
+    assert sorted(job.owner for job in store.list()) == ["ana", "ana", "ben"]
+    assert store.submit_each([BatchItem(spec("ana"))], limits=limits)[0].refusal.rule == "max_queued_jobs"
+
+
+def test_one_key_twice_in_a_group_is_one_job_and_another_body_under_it_is_refused(store: JobStore) -> None:
+    answers = store.submit_each(
+        [
+            BatchItem(spec(), "k-1", "a" * 64),
+            BatchItem(spec(), "k-1", "a" * 64),
+            BatchItem(spec(payload="print(2)\n"), "k-1", "b" * 64),
+            BatchItem(spec("ben"), "k-1", "a" * 64),
+        ]
+    )
+    first = answers[0].record
+    assert answers[0].created and (answers[1].created, answers[1].record.id) == (False, first.id)
+    assert answers[2].record is None and (answers[2].refusal.rule, answers[2].refusal.job_id) == (
+        "idempotency_key",
+        first.id,
+    )
+    assert answers[3].created and answers[3].record.id != first.id
+    assert len(store.list()) == 2
+    again = store.submit_each([BatchItem(spec(), "k-1", "a" * 64)])[0]
+    assert (again.created, again.record.id) == (False, first.id)
+
+
+def test_a_group_whose_first_job_is_refused_lets_a_later_one_under_its_key_through(store: JobStore) -> None:
+    limits = SubmissionLimits(max_payload_bytes=100)
+    answers = store.submit_each(
+        [BatchItem(spec(payload="x" * 500), "k-1", "a" * 64), BatchItem(spec(), "k-1", "b" * 64)],
+        limits=limits,
+    )
+    assert answers[0].refusal.rule == "max_payload_bytes"
+    assert (
+        answers[1].created and store.find_submission("ana", "k-1", "b" * 64).record.id == answers[1].record.id
+    )
 
 
 def test_a_ledger_from_before_the_submissions_table_gains_it_and_counts_old_jobs(ledger_url: str) -> None:

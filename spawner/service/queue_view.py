@@ -13,10 +13,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+import orjson
+
 NOT_WAITING: Mapping[str, object] = MappingProxyType(
     {"queue_position": None, "jobs_ahead": None, "waiting_reason": None, "queue_as_of": None}
 )
 """The queue fields of a job that is not waiting in the snapshot."""
+
+NOT_WAITING_JSON = orjson.dumps(dict(NOT_WAITING))[1:-1]
+""":data:`NOT_WAITING` as the members of a JSON object, to append to one
+(see :meth:`QueueSnapshot.json_members`)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class QueueSnapshot:
     _fields_own: dict[str, dict[str, object]] | None = field(
         init=False, default=None, repr=False, compare=False
     )
+    _members_everyone: dict[str, bytes] | None = field(init=False, default=None, repr=False, compare=False)
+    _members_own: dict[str, bytes] | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ahead = {job_id: index for index, job_id in enumerate(self.order)}
@@ -97,6 +105,19 @@ class QueueSnapshot:
                 }
             object.__setattr__(self, "_fields_everyone" if everyone else "_fields_own", view)
         return view.get(job_id, NOT_WAITING)
+
+    def json_members(self, job_id: str, everyone: bool) -> bytes:
+        """:meth:`json_fields` as the members of a JSON object (``"queue_position":3,...``, no
+        braces), to append to a job's JSON object as a listing writes it; made once per snapshot
+        and view, like :meth:`json_fields`."""
+        view = self._members_everyone if everyone else self._members_own
+        if view is None:
+            view = {
+                job_id_waiting: orjson.dumps(self.json_fields(job_id_waiting, everyone))[1:-1]
+                for job_id_waiting in self.order
+            }
+            object.__setattr__(self, "_members_everyone" if everyone else "_members_own", view)
+        return view.get(job_id, NOT_WAITING_JSON)
 
     def without(self, job_id: str) -> QueueSnapshot:
         """This snapshot less a job that left the queue between passes (a cancel), so that the

@@ -7,6 +7,7 @@ back) sees the same field names; the admin page's views of holders and groups ar
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -16,9 +17,9 @@ from spawner.core.quota import HolderUsage, Limits, Refusal
 from spawner.core.units import GPU, MILLI_PER_GPU, Lease, SliceRequest
 from spawner.core.vocabulary import TERMINAL_STATES, JobState, holder_expiry
 from spawner.ledger import GPUHolder
-from spawner.ledger.jobs import JobRecord
+from spawner.ledger.jobs import JobRecord, ListedJob
 
-from .queue_view import NOT_WAITING, QueueSnapshot
+from .queue_view import NOT_WAITING, NOT_WAITING_JSON, QueueSnapshot
 
 
 def to_json(payload: Any) -> bytes:
@@ -105,24 +106,33 @@ def gpu_json(gpu: GPU, holders: list[GPUHolder], *, show_holders: bool) -> dict[
 
 
 def job_json(
-    record: JobRecord | dict[str, Any], queue: QueueSnapshot, *, listing: bool = False, everyone: bool = False
+    record: JobRecord, queue: QueueSnapshot, *, listing: bool = False, everyone: bool = False
 ) -> dict[str, Any]:
     """A job as the API returns it, with its place in the queue while it waits; a listing leaves
-    out the provenance, which ``GET jobs/{id}`` has.
-
-    ``record`` is a :class:`JobRecord`, or a listing's row as ``JobStore.listing`` reads it (the
-    record's ``to_dict`` without provenance), which is completed in place: ``GET jobs`` shows
-    hundreds of jobs, and builds no record for any of them.
+    out the provenance, which ``GET jobs/{id}`` has (``GET jobs`` itself writes its jobs with
+    :func:`listed_jobs_json`, which must say the same).
 
     ``queue`` is one pass's snapshot, read once per answer so that every job of a listing stands
     where that pass put it. ``queue_position`` counts among everyone's waiting jobs when
     ``everyone`` (an admin's view of the whole queue), else among the owner's own, so what a
     caller sees is numbered 0..n-1; ``jobs_ahead`` is always the whole queue's figure.
     """
-    model = record if isinstance(record, dict) else record.to_dict(include_provenance=not listing)
+    model = record.to_dict(include_provenance=not listing)
     waiting = model["state"] == JobState.queued
     model.update(queue.json_fields(model["id"], everyone) if waiting else NOT_WAITING)
     return model
+
+
+def listed_jobs_json(listed: Sequence[ListedJob], queue: QueueSnapshot, *, everyone: bool = False) -> bytes:
+    """The jobs of a listing as a JSON array, each as :func:`job_json` writes it with
+    ``listing=True``: the object the ledger wrote, completed with its queue fields. The listing is
+    the service's largest answer, and its jobs are never made into Python objects: each is the
+    ledger's bytes with the snapshot's bytes appended."""
+    parts = []
+    for job in listed:
+        members = queue.json_members(job.id, everyone) if job.state == JobState.queued else NOT_WAITING_JSON
+        parts.append(job.json_object[:-1] + b"," + members + b"}")
+    return b"[" + b",".join(parts) + b"]"
 
 
 def result_json(record: JobRecord, summary: dict[str, Any] | None) -> dict[str, Any]:

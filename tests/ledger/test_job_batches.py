@@ -7,6 +7,8 @@ listing and the scheduler's queue view read plain rows, and must say what the re
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from spawner.ledger import Ledger
@@ -121,7 +123,9 @@ def test_the_listing_shows_what_the_records_show_without_payload_or_provenance(s
         (None, None, None),
     ]:
         expected = [record.to_dict(include_provenance=False) for record in store.list(owner, states, limit)]
-        assert store.listing(owner, states, limit) == expected
+        listed = store.listing(owner, states, limit)
+        assert [json.loads(job.json_object) for job in listed] == expected
+        assert [(job.id, job.state) for job in listed] == [(job["id"], job["state"]) for job in expected]
 
 
 def test_the_queue_view_is_the_queued_records_as_the_scheduler_sees_them(store: JobStore) -> None:

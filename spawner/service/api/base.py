@@ -271,9 +271,13 @@ class APIHandler(JSONErrorMixin, ServiceUserMixin, web.RequestHandler):
             )
 
     def reply(self, status: int, payload: dict[str, Any]) -> None:
+        self.reply_json(status, to_json(payload))
+
+    def reply_json(self, status: int, body: bytes) -> None:
+        """Answer with a JSON text made already (a listing assembled from the ledger's bytes)."""
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(to_json(payload))
+        self.finish(body)
 
 
 def route_pattern(prefix: str, template: str) -> str:

@@ -19,7 +19,7 @@ from ..hub_users import UnknownUserError
 from ..job_files import UntrustedFile
 from ..job_request import JobBody, JobBodyError, parse_job_body, shown
 from ..jobs import BatchRefused
-from ..serialize import job_json, result_json
+from ..serialize import job_json, listed_jobs_json, result_json, to_json
 from ..submissions import IDEMPOTENCY_HEADER, IdempotencyConflict, parse_idempotency_key
 from .base import APIHandler, api_error
 
@@ -114,16 +114,11 @@ class JobsHandler(JobsAPIHandler):
         limit = self.whole_number_argument(
             "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT, "a whole number of jobs"
         )
-        # Plain rows, no payloads and no records: a listing shows hundreds of jobs.
-        rows = await self.jobs.listing(user, states, limit)
+        # The jobs as the ledger wrote them, no payloads and no records: a listing shows hundreds.
+        listed = await self.jobs.listing(user, states, limit)
         queue = self.jobs.queue  # one pass's places for the whole listing
-        self.reply(
-            200,
-            {
-                "jobs": [job_json(row, queue, listing=True, everyone=user is None) for row in rows],
-                "as_of": queue.as_of or None,
-            },
-        )
+        jobs = listed_jobs_json(listed, queue, everyone=user is None)
+        self.reply_json(200, b'{"jobs":' + jobs + b',"as_of":' + to_json(queue.as_of or None) + b"}")
 
     async def post(self) -> None:
         if self.requester.kind != "user":

@@ -1016,8 +1016,18 @@ def _usage_of(session: Session, owner: str, limits: SubmissionLimits | None = No
     count_bytes = limits is None or bool(limits.max_payload_bytes)
     if not (count_queued or count_bytes):
         return SubmissionUsage(0, 0)
-    # One Core query for both figures, over the owner's unfinished jobs (the index on owner and
-    # state finds them): every submission runs it, inside the allocator's lock.
+    queued, payload_bytes = (
+        session.connection().execute(_usage_query(count_queued, count_bytes), {"owner": owner}).one()
+    )
+    return SubmissionUsage(int(queued or 0), int(payload_bytes or 0))
+
+
+@functools.lru_cache(maxsize=4)
+def _usage_query(count_queued: bool, count_bytes: bool) -> Select:
+    """:func:`_usage_of`'s one Core query for both figures, over the owner's unfinished jobs (the
+    index on owner and state finds them), with ``owner`` as its parameter: every submission runs
+    it inside the allocator's lock, and building the statement anew each time cost more than
+    running it."""
     size = func.coalesce(JobSubmissionRow.payload_bytes, func.length(JobRow.payload))
     is_queued = JobRow.state == JobState.queued.value
     figures = (
@@ -1025,12 +1035,15 @@ def _usage_of(session: Session, owner: str, limits: SubmissionLimits | None = No
         func.coalesce(func.sum(size), 0) if count_bytes else literal(0),
     )
     query = select(*figures).where(
-        JobRow.owner == owner, JobRow.state.in_([state.value for state in UNFINISHED_STATES])
+        JobRow.owner == bindparam("owner"), JobRow.state.in_([state.value for state in UNFINISHED_STATES])
     )
     if count_bytes:
         query = query.select_from(JobRow).outerjoin(JobSubmissionRow, JobSubmissionRow.job_id == JobRow.id)
-    queued, payload_bytes = session.connection().execute(query).one()
-    return SubmissionUsage(int(queued or 0), int(payload_bytes or 0))
+    return query
+
+
+_TAKEN_IDS = select(JobRow.id).where(JobRow.id.in_(bindparam("ids", expanding=True)))
+"""Which of the ``ids`` given are jobs already (one statement, built once)."""
 
 
 def _new_job_ids(session: Session, count: int) -> list[str]:
@@ -1039,7 +1052,7 @@ def _new_job_ids(session: Session, count: int) -> list[str]:
     ids: list[str] = []
     while len(ids) < count:
         drawn = {JOB_ID_PREFIX + secrets.token_hex(6) for _ in range(count - len(ids))} - set(ids)
-        taken = set(session.scalars(select(JobRow.id).where(JobRow.id.in_(drawn))))
+        taken = set(session.connection().execute(_TAKEN_IDS, {"ids": list(drawn)}).scalars())
         ids.extend(sorted(drawn - taken))
     return ids
 

@@ -167,10 +167,11 @@ c.JupyterHub.load_roles = [
     # Every user may call the service (the %%submit magic, the CLI); what they may do, it decides.
     {"name": "user", "scopes": ["self", "access:services!service=gpuslice"]},
     # The service reads users' groups and admin flags to pick profiles and the quota group, and
-    # their servers, to give back the slices of servers that are gone.
+    # their servers, to give back the slices of servers that are gone; it may stop a server, as
+    # jupyterhub-idle-culler may, for the GPU-idle culling an admin turns on (IdleCuller.*).
     {
         "name": "gpuslice-service",
-        "scopes": ["list:users", "read:users", "read:users:groups", "read:servers"],
+        "scopes": ["list:users", "read:users", "read:users:groups", "read:servers", "delete:servers"],
         "services": ["gpuslice"],
     },
 ]

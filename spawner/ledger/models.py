@@ -11,7 +11,7 @@ and is reported until its holder releases it. Times are Unix seconds as floats, 
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ..core.units import GPU, GPUShare, Lease, Node, Placement, SliceRequest, WorkloadClass
@@ -212,6 +212,57 @@ class FairShareUsageRow(Base):
     group: Mapped[str] = mapped_column("group_name", primary_key=True)
     gpu_seconds: Mapped[float]
     updated_at: Mapped[float]
+
+
+class GPUHourUsageRow(Base):
+    """One GPU's figures for one hour (UTC): how long it was sampled, busy, and how much it did.
+
+    The usage rollup (:mod:`spawner.ledger.usage_rollup`) adds to these as the monitor samples;
+    one row per card and hour, pruned after the retention period, keeps the table bounded.
+    ``measured`` is False for simulated GPUs, whose figures are their allocation.
+    """
+
+    __tablename__ = "gpu_hour_usage"
+
+    gpu_uuid: Mapped[str] = mapped_column(primary_key=True)
+    hour_start: Mapped[int] = mapped_column(primary_key=True, index=True)
+    node: Mapped[str]
+    gpu_index: Mapped[int]
+    pools: Mapped[str]
+    sampled_seconds: Mapped[float]
+    busy_seconds: Mapped[float]
+    used_gpu_seconds: Mapped[float]
+    measured: Mapped[bool]
+
+
+class HolderDayUsageRow(Base):
+    """One user's GPU-seconds in one group and workload class on one day (UTC): allocated (held by
+    leases) and really used (measured on the cards). ``group_name`` is ``""`` for no group."""
+
+    __tablename__ = "holder_day_usage"
+
+    day_start: Mapped[int] = mapped_column(primary_key=True, index=True)
+    user: Mapped[str] = mapped_column("user_name", primary_key=True)
+    group: Mapped[str] = mapped_column("group_name", primary_key=True)
+    workload: Mapped[str] = mapped_column(String(16), primary_key=True)
+    allocated_gpu_seconds: Mapped[float]
+    used_gpu_seconds: Mapped[float]
+    measured: Mapped[bool]
+
+
+class GPUNoticeRow(Base):
+    """One notice of the GPU monitor to a user: a slice over its memory, a process stopped, a server
+    stopped for holding an idle GPU. Kept so that a user reads why after a restart of the service
+    too; deleted after the usage rollup's retention period."""
+
+    __tablename__ = "gpu_notices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(index=True)
+    user: Mapped[str] = mapped_column("user_name", index=True)
+    lease_id: Mapped[str]
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
 
 
 def node_from_rows(node: NodeRow, gpus: list[GPURow]) -> Node:

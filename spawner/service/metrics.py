@@ -64,6 +64,26 @@ class ServiceMetrics:
             ["group"],
             registry=self.registry,
         )
+        # Fed by the GPU monitor (spawner/service/telemetry/) at every sample. The label "gpu" is
+        # the card's index on its node, as the DCGM exporter's, so that one dashboard reads both.
+        self.gpu_busy_seconds = Counter(
+            "gpuslice_gpu_busy_seconds",
+            "Seconds each GPU was busy (utilisation at or over GPUMonitor.busy_threshold_percent)",
+            ["gpu", "node", "pool"],
+            registry=self.registry,
+        )
+        self.allocated_gpu_seconds = Counter(
+            "gpuslice_allocated_gpu_seconds",
+            "GPU-seconds held by leases (a slice counts as its fraction of a GPU)",
+            ["group", "class"],
+            registry=self.registry,
+        )
+        self.used_gpu_seconds = Counter(
+            "gpuslice_used_gpu_seconds",
+            "GPU-seconds leases really used, as measured on the cards (their allocation on simulated GPUs)",
+            ["group", "class"],
+            registry=self.registry,
+        )
         self.job_outcomes = Counter(
             "gpuslice_jobs_finished_total",
             "Batch jobs that ended, by how",
@@ -86,6 +106,15 @@ class ServiceMetrics:
 
     def observe_outcome(self, group: str | None, state: str) -> None:
         self.job_outcomes.labels(group=_group_label(group), state=state).inc()
+
+    def observe_gpu_busy(self, gpu_index: int, node: str, pools: str, seconds: float) -> None:
+        """Add ``seconds`` of one card's busy time (``pools``: its pools, comma-separated)."""
+        self.gpu_busy_seconds.labels(gpu=str(gpu_index), node=node, pool=pools).inc(seconds)
+
+    def observe_gpu_seconds(self, group: str | None, workload: str, allocated: float, used: float) -> None:
+        """Add one lease's GPU-seconds of a sample: held, and really used."""
+        self.allocated_gpu_seconds.labels(group=_group_label(group), **{"class": workload}).inc(allocated)
+        self.used_gpu_seconds.labels(group=_group_label(group), **{"class": workload}).inc(used)
 
     def observe_fair_share(self, usage: Mapping[str | None, float]) -> None:
         """Set each group's decayed GPU-seconds, as the last scheduling pass weighed them."""

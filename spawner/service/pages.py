@@ -30,6 +30,8 @@ from spawner.core.vocabulary import TERMINAL_STATES, JobState
 
 from .api.base import ServiceUserMixin, error_sentence
 from .serialize import holder_view, job_json
+from .telemetry import plots
+from .telemetry.usage import UsageRangeError, report_for
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE_DIR = HERE / "templates"
@@ -94,6 +96,7 @@ class PageHandler(ServiceUserMixin, HubOAuthenticated, web.RequestHandler):
 
     def render_page(self, template: str, **context: Any) -> None:
         user = self.current_user
+        monitor = self.settings.get("monitor")
         page = TEMPLATES.get_template(template).render(
             prefix=self.service_prefix,
             api_url=f"{self.service_prefix}api/v1/",
@@ -104,6 +107,8 @@ class PageHandler(ServiceUserMixin, HubOAuthenticated, web.RequestHandler):
             # against when the page's script calls the API with the login cookie.
             xsrf_token=self.xsrf_token.decode("ascii") if user else "",
             static_url=self.static_url,
+            # Why a server was stopped or warned (the GPU monitor's notices), on every page.
+            user_notices=monitor.notices_of(user["name"]) if user and monitor is not None else [],
             **context,
         )
         self.set_header("Content-Type", "text/html; charset=UTF-8")
@@ -179,6 +184,45 @@ class AdminPageHandler(PageHandler):
         return running + waiting
 
 
+class UsagePageHandler(PageHandler):
+    """GPU use like a utility bill: the last 14 days' plots and tables, and what the monitor sees now."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        if not self.requester.sees_everyone:
+            raise web.HTTPError(
+                403,
+                "%s",
+                f"The gpuslice usage page is for hub admins and for holders of the scope "
+                f"{self.admin_scope}; {self.requester.describe()} is neither.",
+            )
+        try:
+            first, last = self.get_argument("from", None), self.get_argument("to", None)
+            report = await report_for(self.settings, first, last)
+        except UsageRangeError as error:
+            raise web.HTTPError(400, "%s", str(error)) from None
+        monitor = self.settings.get("monitor")
+        last_poll = monitor.last_poll if monitor is not None else None
+        simulated = last_poll is not None and not last_poll.sample.measured
+        self.render_page(
+            "usage.html",
+            title="GPU usage",
+            page="usage",
+            report=report,
+            heat_map=plots.heat_map(report),
+            group_bars=plots.group_bars(report),
+            busy_lines=plots.busy_lines(report),
+            monitor_off=monitor is None,
+            monitor_source="allocation" if simulated else "nvml",
+            busy_threshold=f"{monitor.busy_threshold_percent:g}" if monitor is not None else "",
+            notices=list(monitor.notices) if monitor is not None else [],
+            idle_jobs=monitor.idle_batch_jobs() if monitor is not None else [],
+            idle_servers=monitor.culler.flagged if monitor is not None and monitor.culler is not None else [],
+            unowned=list(last_poll.unowned) if last_poll is not None else [],
+            now=time.time(),
+        )
+
+
 class OAuthCallbackHandler(ServiceUserMixin, HubOAuthCallbackHandler):
     """JupyterHub's end of the OAuth login, with the service's own HubOAuth from the settings (not
     a new instance)."""
@@ -188,6 +232,7 @@ default_handlers = [
     ("", RootPageHandler),
     ("jobs", JobsPageHandler),
     ("admin", AdminPageHandler),
+    ("usage", UsagePageHandler),
 ]
 """The pages, by their path below the service's prefix."""
 

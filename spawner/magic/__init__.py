@@ -10,9 +10,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from .handle import JobFailed, JobHandle
+from .errors import JobCancelled, JobError, JobFailed, JobPreempted, RemoteJobError
+from .handle import JobHandle
 
-__all__ = ["JobFailed", "JobHandle", "load_ipython_extension", "unload_ipython_extension"]
+__all__ = [
+    "JobCancelled",
+    "JobError",
+    "JobFailed",
+    "JobHandle",
+    "JobPreempted",
+    "RemoteJobError",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """The notebook server's extension: the JupyterLab jobs panel's handlers (:mod:`.server_extension`)."""
+    return [{"module": "spawner.magic.server_extension"}]
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -10,20 +10,7 @@ import cloudpickle
 from spawner.client import GPUSliceClient, ServiceError, job_state
 from spawner.core.vocabulary import SCRIPT_PAYLOAD, TERMINAL_STATES, JobState
 
-
-class JobFailed(RuntimeError):
-    """A cell job raised: the exception's type and message, and the remote traceback as text."""
-
-    def __init__(self, job_id: str, error: dict[str, Any]):
-        self.job_id = job_id
-        self.error_type = error.get("type", "Exception")
-        self.error_message = error.get("message", "")
-        self.remote_traceback = error.get("traceback", "")
-        super().__init__(f"job {job_id} raised {self.error_type}: {self.error_message}")
-
-    def describe(self) -> str:
-        """The sentence and the remote traceback, as the notebook shows them."""
-        return f"{self}\nRemote traceback (the job's own frames):\n{self.remote_traceback.rstrip()}"
+from .errors import JobFailed, exception_for
 
 
 class JobHandle:
@@ -31,7 +18,10 @@ class JobHandle:
 
     ``status()`` is its state now, ``logs()`` its output so far, ``wait()`` blocks until it ends,
     ``cancel()`` stops it, and ``result()`` is ``{name: value}`` of what the cell assigned (or the
-    ``--out`` names); a cell that raised makes ``result()`` raise :class:`JobFailed`.
+    ``--out`` names). A job that did not succeed makes ``wait()`` and ``result()`` raise, as the
+    cell would have here: the cell's own exception where this kernel has its class, else
+    :class:`~spawner.magic.errors.RemoteJobError`; :class:`~spawner.magic.errors.JobCancelled` for
+    a cancelled job (see :mod:`spawner.magic.errors`).
     """
 
     def __init__(self, job_id: str, client: GPUSliceClient | None = None):
@@ -66,16 +56,47 @@ class JobHandle:
             offset = chunk["next_offset"]
 
     def wait(self, timeout: float | None = None, poll_seconds: float = 1.0) -> str:
-        """Block until the job has ended (TimeoutError after ``timeout`` seconds); its final state."""
-        return job_state(self.client.wait(self.id, poll_seconds=poll_seconds, timeout=timeout))
+        """Block until the job has ended (TimeoutError after ``timeout`` seconds): ``succeeded``, or
+        the job's failure raised here (:func:`raise_if_unsuccessful`)."""
+        ended = self.client.wait(self.id, poll_seconds=poll_seconds, timeout=timeout)
+        raise_if_unsuccessful(self.client, self.id, ended)
+        return job_state(ended)
 
     def cancel(self) -> str:
         """Cancel the job (stopping it if it runs); its state after."""
         return job_state(self.client.cancel(self.id))
 
     def result(self) -> dict[str, Any]:
-        """``{name: value}`` the cell returned; JobFailed with the remote traceback if it raised."""
+        """``{name: value}`` the cell returned; the job's failure raised here if it did not succeed."""
+        summary = self.client.result(self.id)
+        if summary.get("done"):
+            raise_if_unsuccessful(self.client, self.id, summary=summary)
         return fetch_values(self.client, self.id)
+
+
+def raise_if_unsuccessful(
+    client: GPUSliceClient,
+    job_id: str,
+    answer: dict[str, Any] | None = None,
+    summary: dict[str, Any] | None = None,
+) -> None:
+    """Raise what an ended job that did not succeed raises in the notebook (see
+    :func:`.errors.exception_for`); nothing for a job that succeeded or has not ended.
+
+    ``answer`` is ``GET jobs/{id}`` (its state and events), ``summary`` ``GET jobs/{id}/result``
+    (the exception record); each is read when not given and needed.
+    """
+    __tracebackhide__ = True  # IPython leaves this frame out of the traceback it shows
+    answer = answer if answer is not None and "events" in answer else client.job(job_id)
+    state = job_state(answer)
+    if state not in TERMINAL_STATES or state == JobState.succeeded:
+        return
+    summary = summary if summary is not None else client.result(job_id)
+    states = [event.get("to_state") for event in answer.get("events") or []]
+    previous = states[-2] if len(states) >= 2 else ""
+    error = exception_for(job_id, state, summary, previous_state=previous or "")
+    if error is not None:
+        raise error
 
 
 def fetch_values(client: GPUSliceClient, job_id: str) -> dict[str, Any]:
@@ -92,7 +113,9 @@ def fetch_result(client: GPUSliceClient, job_id: str) -> tuple[dict[str, Any], d
             f"(wait with the handle's .wait(), or follow it with %job logs {job_id} -f)"
         )
     if summary.get("error"):
-        raise JobFailed(job_id, summary["error"])
+        raise JobFailed(
+            job_id, summary["error"], reason=summary.get("reason") or "", exit_code=summary.get("exit_code")
+        )
     if not summary.get("values_available"):
         if summary.get("kind") == SCRIPT_PAYLOAD:
             raise ServiceError(f"job {job_id} is a script job; only %%submit cells return values")

@@ -2,7 +2,10 @@
 
 Every refusal (a value that cannot travel, a quota, the service down) is printed as the sentence
 that explains it, on stderr, and the cell ends quietly: a traceback from this package would only
-hide the sentence. Exceptions of the user's own cell come back as *its* traceback, from the job.
+hide the sentence. A job that fails under ``--wait`` is different: the cell raises, as it would
+have run here (its own exception where this kernel has the class, see :mod:`.errors`), so that a
+notebook run top to bottom stops at a failed training cell. Without ``--wait`` the cell returns at
+once and nothing is raised later; ``handle.wait()`` and ``handle.result()`` raise the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from spawner.core.cell_bundle import CELL_MODE, FILE_MODE
 from spawner.core.vocabulary import JobState, Priority
 
 from . import capture as capturing
-from .handle import JobFailed, JobHandle, elapsed_words, fetch_result
+from .errors import JobError
+from .handle import JobHandle, elapsed_words, fetch_result, raise_if_unsuccessful
 from .provenance import provenance
 from .status import LiveStatus, wait_and_stream
 
@@ -117,16 +121,21 @@ class SubmitMagics(Magics):
 
     @line_cell_magic
     def submit(self, line: str, cell: str | None = None) -> JobHandle | None:
-        """``%%submit [options]``: run this cell as a batch job; ``%submit [options] script.py [args]``."""
+        """``%%submit [options]``: run this cell as a batch job; ``%submit [options] script.py [args]``.
+
+        With ``--wait``, a job that does not succeed raises here (see :mod:`.errors`).
+        """
+        __tracebackhide__ = True  # IPython shows the job's error, not these frames
         try:
             if cell is None:
                 return self.submit_script(line)
             return self.submit_cell(line, cell)
-        except (ServiceError, capturing.CaptureRefused, JobFailed) as refusal:
-            self.refuse(refusal.describe() if isinstance(refusal, JobFailed) else str(refusal))
+        except (ServiceError, capturing.CaptureRefused) as refusal:
+            self.refuse(str(refusal))
             return None
 
     def submit_cell(self, line: str, cell: str) -> JobHandle | None:
+        __tracebackhide__ = True
         options = _submit_parser("%%submit").parse_args(shlex.split(line))
         out = _out_names(options.out)
         # A blank first line stands for the %%submit line, so the job's line numbers are the cell's.
@@ -171,6 +180,7 @@ class SubmitMagics(Magics):
         )
 
     def submit_script(self, line: str) -> JobHandle | None:
+        __tracebackhide__ = True
         parser = _submit_parser("%submit")
         parser.add_argument("script", help="a Python file of the working directory")
         parser.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments")
@@ -236,6 +246,7 @@ class SubmitMagics(Magics):
         record: dict[str, Any],
     ) -> JobHandle | None:
         """Show the manifest, queue the job, then follow it (live line, or blocking with --wait)."""
+        __tracebackhide__ = True
         print(f"%submit {name!r}: {manifest}", flush=True)
 
         def retrying(error: ServiceError, delay_s: float) -> None:
@@ -270,16 +281,18 @@ class SubmitMagics(Magics):
         return handle
 
     def wait_here(self, job: dict[str, Any]) -> None:
-        """Block until the job ends, streaming its log; bring its values back if it succeeded."""
+        """Block until the job ends, streaming its log; bring its values back if it succeeded, and
+        raise its failure (the cell's own exception, or :class:`.errors.JobError`) if not."""
+        __tracebackhide__ = True
         try:
             ended = wait_and_stream(self.client, job, lambda text: print(text, end="", flush=True))
         except KeyboardInterrupt:
             self.refuse(f"stopped waiting; job {job['id']} goes on (cancel it with %job cancel {job['id']})")
             return
-        if ended["state"] in (JobState.succeeded, JobState.failed):
+        if ended["state"] == JobState.succeeded:
             self.fetch_into_namespace(job["id"])
-        else:
-            self.refuse(f"job {job['id']} {ended['state']}: {ended.get('reason', '')}")
+            return
+        raise_if_unsuccessful(self.client, job["id"])
 
     # ------------------------------------------------------------------------- jobs, job
 
@@ -352,8 +365,8 @@ class SubmitMagics(Magics):
                 print(handle.job()["state"])
             else:
                 self.fetch_into_namespace(options.job_id)
-        except (ServiceError, JobFailed) as refusal:
-            self.refuse(refusal.describe() if isinstance(refusal, JobFailed) else str(refusal))
+        except (ServiceError, JobError) as refusal:
+            self.refuse(refusal.describe() if isinstance(refusal, JobError) else str(refusal))
 
     def show_logs(self, job_id: str, follow: bool) -> None:
         offset = 0
@@ -372,7 +385,7 @@ class SubmitMagics(Magics):
         """Bring a job's values into the notebook, warning before replacing a name that exists."""
         try:
             values, summary = fetch_result(self.client, job_id)
-        except JobFailed as failure:
+        except JobError as failure:
             self.refuse(failure.describe())
             return
         namespace = self.shell.user_ns

@@ -30,6 +30,7 @@ from traitlets.config import Application
 
 from spawner.config.profiles import ProfileConfigError, load_profiles
 from spawner.core.placement import POLICIES
+from spawner.enforce.mps import MPSError
 from spawner.inventory import Inventory, InventoryConfigError, describe_pools
 from spawner.ledger import Ledger
 from spawner.ledger.jobs import JobStore
@@ -39,6 +40,7 @@ from .allocator import Allocator
 from .api import NotFoundHandler, route_pattern
 from .api import default_handlers as api_handlers
 from .body_limit import ServiceWebApplication
+from .checkpoints import CheckpointRetention
 from .executor import LocalExecutor
 from .hub_users import HubUserDirectory
 from .job_request import (
@@ -54,6 +56,9 @@ from .pages import STATIC_DIR, page_routes
 from .paths import state_dir
 from .reconcile import LeaseReconciler
 from .scheduling import BatchScheduler
+from .telemetry import GPUMonitor
+from .telemetry.culling import IdleCuller
+from .telemetry.mps_daemons import MPSDaemons
 
 
 def routes(prefix: str, hub_auth: HubOAuth | None) -> list[tuple[str, type[web.RequestHandler]]]:
@@ -76,6 +81,10 @@ class GPUSliceService(Application):
         JobService,
         LocalExecutor,
         BatchScheduler,
+        CheckpointRetention,
+        GPUMonitor,
+        IdleCuller,
+        MPSDaemons,
     ]
 
     @default("log_level")
@@ -247,6 +256,16 @@ class GPUSliceService(Application):
         """``max_time_limit`` in seconds."""
         return parse_duration(self.max_time_limit)
 
+    monitor_gpus = Bool(
+        True,
+        help="""
+        Whether the service samples the GPUs of this host (GPUMonitor.*): per-card use, slices held
+        to their size, busy hours and GPU-hours in the ledger and the metrics, the usage page.
+        Turn it off where the service does not run on the GPU host (Kubernetes: the figures come
+        from the DCGM exporter there; see deploy/grafana/README.md).
+        """,
+    ).tag(config=True)
+
     aliases = {
         "config": "GPUSliceService.config_file",
         "ledger-url": "GPUSliceService.ledger_url",
@@ -311,13 +330,16 @@ class GPUSliceService(Application):
                 secret_file.write(secrets.token_hex(32) + "\n")
         return bytes.fromhex(path.read_text().strip())
 
-    def make_web_app(self, allocator: Allocator, jobs: JobService) -> web.Application:
+    def make_web_app(
+        self, allocator: Allocator, jobs: JobService, monitor: GPUMonitor | None = None
+    ) -> web.Application:
         """The tornado application; its settings are how every handler reaches the service's parts
         (``self.allocator``, ``self.jobs``, ``self.hub_auth``, ... on the handlers' base)."""
         return ServiceWebApplication(
             routes(self.service_prefix, self.hub_auth),
             allocator=allocator,
             jobs=jobs,
+            monitor=monitor,
             hub_auth=self.hub_auth,
             service_name=self.service_name,
             service_prefix=self.service_prefix,
@@ -342,18 +364,32 @@ class GPUSliceService(Application):
         # Before the ledger is touched: while another service runs on it, this one must not start.
         self._write_pid_file()
         allocator = await self.prepare_allocator()
+        # Before any server can connect: the MPS limits a daemon sets hold from its first client.
+        mps = MPSDaemons(parent=self)
+        if mps.pools:
+            nodes = await allocator.nodes()
+            await mps.start_async(nodes, [profile.slice_request for profile in allocator.profiles])
         url = urlparse(self.service_url)
         jobs = self.make_job_service(allocator)
         scheduler = BatchScheduler(jobs, allocator, jobs.executor, parent=self)
         # Idle dev GPUs are lent to batch jobs; a slice that needs them has the scheduler stop them.
         allocator.lend_dev_gpus_to(scheduler)
-        web_app = self.make_web_app(allocator, jobs)
+        monitor = GPUMonitor(allocator.ledger, jobs.metrics, parent=self) if self.monitor_gpus else None
+        if monitor is not None:
+            users = self.users
+            monitor.culler = IdleCuller(allocator.profiles, users.api_url, users.api_token, parent=self)
+            monitor.mps = mps
+        web_app = self.make_web_app(allocator, jobs, monitor)
         # Tornado's own body limit too, behind BodyLimit's JSON 413 (which answers first).
         server = web_app.listen(
             url.port or 80, url.hostname or "127.0.0.1", max_body_size=web_app.settings["max_body_bytes"]
         )
         reconciling = LeaseReconciler(parent=self).start(allocator, self.users)
         scheduling = scheduler.start()
+        # Checkpoints of jobs that ended long ago go; the jobs' results stay.
+        pruning = CheckpointRetention(parent=self).start(jobs)
+        if monitor is not None:
+            monitor.start()
         self.log.info("gpuslice service at %s%s", self.service_url.rstrip("/"), self.service_prefix)
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -362,6 +398,7 @@ class GPUSliceService(Application):
         watching = self.stop_with_hub and loop.create_task(
             lifetime.watch_the_hub(stopped.set, self.hub_check_seconds)
         )
+        mps_watching = loop.create_task(mps.watch()) if mps.controls else None
         try:
             await stopped.wait()
         finally:
@@ -370,7 +407,14 @@ class GPUSliceService(Application):
             if reconciling is not None:
                 reconciling.stop()
             scheduler.stop()
+            pruning.stop()
             scheduling.cancel()
+            if monitor is not None:
+                # Writes the accounting not yet in the ledger: a restart loses none of it.
+                await monitor.stop()
+            if mps_watching is not None:
+                mps_watching.cancel()
+            await mps.stop_async()
             server.stop()
             allocator.ledger.close()
             self._remove_pid_file()
@@ -391,7 +435,7 @@ class GPUSliceService(Application):
     def start(self) -> None:
         try:
             asyncio.run(self.serve())
-        except (ProfileConfigError, InventoryConfigError, ServiceAlreadyRunning) as error:
+        except (ProfileConfigError, InventoryConfigError, ServiceAlreadyRunning, MPSError) as error:
             self.log.critical("gpuslice service cannot start:\n%s", error)
             self.exit(1)
         finally:

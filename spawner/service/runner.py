@@ -29,6 +29,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+from spawner.checkpoint import STOPPED_EXIT_CODE
 from spawner.core.cell_bundle import FILE_MODE, CellBundle
 
 from .payload import (
@@ -90,9 +91,37 @@ def user_traceback(error: BaseException, filename: str) -> str:
     return "".join(traceback.format_exception(type(error), error, tb))
 
 
+ARG_TEXT_LIMIT = 4000
+"""The longest ``repr`` of one exception argument kept in the summary; a longer one is left out,
+and the notebook then raises :class:`~spawner.magic.errors.RemoteJobError` rather than the class."""
+
+
+def argument_texts(error: BaseException) -> list[str] | None:
+    """The exception's arguments as ``repr`` text, for the notebook to read back with
+    ``ast.literal_eval`` (text, never a pickle: nothing the job writes is unpickled outside it);
+    None when one of them has no short ``repr``."""
+    texts = []
+    for argument in error.args:
+        try:
+            text = repr(argument)
+        except Exception:  # a broken __repr__ of the user's: the class is raised as text instead
+            return None
+        if len(text) > ARG_TEXT_LIMIT:
+            return None
+        texts.append(text)
+    return texts
+
+
 def error_summary(error: BaseException, filename: str) -> dict[str, Any]:
+    """The cell's exception as a structured record: its class by module and qualified name and
+    its arguments as text, so that the notebook can raise the same class again where it can find
+    it, and the traceback of the user's frames for every case."""
+    kind = type(error)
     return {
-        "type": type(error).__name__,
+        "type": kind.__name__,
+        "module": kind.__module__,
+        "qualname": kind.__qualname__,
+        "args": argument_texts(error),
         "message": str(error),
         "traceback": user_traceback(error, filename),
     }
@@ -121,6 +150,11 @@ def run_bundle(bundle: CellBundle, results: Path, modules_dir: Path) -> int:
         exec(code, main.__dict__)
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        if code == STOPPED_EXIT_CODE:
+            # Saved its checkpoint and ended on the stop signal (spawner.checkpoint): the job was
+            # stopped (preempted, cancelled, timed out), which the service records; no error.
+            write_summary(results, {"error": None, "values_available": False, "stopped": True})
+            return code
         if code:
             write_summary(results, {"error": error_summary(stop, bundle.filename), "values_available": False})
             return code

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import textwrap
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILE = "a100-1-8"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 @dataclass
@@ -201,18 +203,84 @@ def test_cancel_stops_a_long_job(notebook):
     )
 
 
-def test_an_exception_in_the_cell_comes_back_with_the_remote_traceback(notebook):
+def test_a_failing_cell_under_wait_raises_the_remote_exception_in_the_notebook(notebook):
+    """A notebook run top to bottom stops at a failed training cell, as it would have run here."""
     failed = run(
         notebook.kernel,
         "%%submit --gpus 1 --wait\ndef explode(x):\n    return x / 0\n\nvalue = explode(1)\n",
     )
     job_id = failed.job_id()
-    assert f"job {job_id} raised ZeroDivisionError: division by zero" in failed.stderr, failed.text
-    assert 'File "<cell>", line 5, in <module>' in failed.stderr
-    assert 'File "<cell>", line 3, in explode' in failed.stderr and "return x / 0" in failed.stderr
-    assert not failed.errors and "spawner/" not in failed.text
+    assert [error["ename"] for error in failed.errors] == ["ZeroDivisionError"], failed.text
+    assert failed.errors[0]["evalue"] == "division by zero"
+    shown = ANSI.sub("", "\n".join(failed.errors[0]["traceback"]))
+    # The cause, shown above the exception: the job, and the job's own frames.
+    assert f"RemoteJobError: job {job_id} raised ZeroDivisionError: division by zero" in shown, shown
+    assert "Remote traceback (the job's own frames):" in shown
+    assert 'File "<cell>", line 5, in <module>' in shown and 'File "<cell>", line 3, in explode' in shown
+    assert f"raised by job {job_id}" in shown
+    assert 'File "<cell>", line 3, in explode' in failed.stdout  # the log, streamed before the error
+    # %job fetch stays a quiet look at the job: the sentence and the traceback, no error.
     again = run(notebook.kernel, f"%job fetch {job_id}")
     assert f"job {job_id} raised ZeroDivisionError" in again.stderr and not again.errors
+
+
+def test_an_exception_class_the_notebook_does_not_have_raises_remote_job_error(notebook):
+    failed = run(
+        notebook.kernel,
+        "%%submit --gpus 0 --wait\nclass DivergedError(Exception):\n    pass\n\n"
+        "raise DivergedError('loss is nan at step 7')\n",
+    )
+    job_id = failed.job_id()
+    assert [error["ename"] for error in failed.errors] == ["RemoteJobError"], failed.text
+    assert failed.errors[0]["evalue"].startswith(
+        f"job {job_id} raised DivergedError: loss is nan at step 7\nRemote traceback"
+    )
+    caught = run(
+        notebook.kernel,
+        "from spawner.magic import RemoteJobError\n"
+        "try:\n"
+        f"    __import__('spawner.magic').magic.JobHandle('{job_id}').wait()\n"
+        "except RemoteJobError as error:\n"
+        "    print(error.job_id, error.exit_code, error.error_type, 'line 5' in error.remote_traceback)\n",
+    )
+    assert caught.stdout.strip() == f"{job_id} 1 DivergedError True", caught.text
+
+
+def test_an_exception_class_defined_in_the_notebook_comes_back_as_that_class(notebook):
+    kernel = notebook.kernel
+    assert not run(kernel, "class TrainingDiverged(Exception):\n    pass\n").errors
+    failed = run(kernel, "%%submit --gpus 0 --wait\nraise TrainingDiverged('loss is nan', 7)\n")
+    assert [error["ename"] for error in failed.errors] == ["TrainingDiverged"], failed.text
+    caught = run(
+        kernel,
+        "try:\n"
+        f"    __import__('spawner.magic').magic.JobHandle('{failed.job_id()}').result()\n"
+        "except TrainingDiverged as error:\n"
+        "    print(error.args, type(error.__cause__).__name__)\n",
+    )
+    assert caught.stdout.strip() == "('loss is nan', 7) RemoteJobError", caught.text
+
+
+def test_wait_and_result_of_a_handle_raise_the_remote_exception_and_cancellation(notebook):
+    kernel = notebook.kernel
+    submitted = run(kernel, "%%submit --gpus 0\nepochs = int('ten')\n")
+    job_id = submitted.job_id()
+    assert not submitted.errors  # asynchronous: nothing is raised when the job fails later
+    assert not run(kernel, "handle = _").errors
+    waited = run(kernel, "handle.wait(timeout=120)")
+    assert [error["ename"] for error in waited.errors] == ["ValueError"], waited.text
+    result = run(kernel, "handle.result()")
+    assert [error["ename"] for error in result.errors] == ["ValueError"], result.text
+    assert evaluate(kernel, f"handle.id == '{job_id}'") == "True"
+
+    long = run(kernel, "%%submit --gpus 0\nimport time\ntime.sleep(600)\n")
+    assert not run(kernel, "long = _").errors
+    run(kernel, f"%job cancel {long.job_id()}")
+    cancelled = run(kernel, "long.wait(timeout=60)")
+    assert [error["ename"] for error in cancelled.errors] == ["JobCancelled"], cancelled.text
+    assert cancelled.errors[0]["evalue"] == (
+        f"job {long.job_id()} was cancelled: cancelled by {notebook.user}"
+    )
 
 
 def test_refusals_are_one_clear_message_and_nothing_is_sent(notebook):
@@ -260,6 +328,19 @@ def test_the_example_notebook_runs_cell_by_cell_and_brings_its_values_back(noteb
     weight = float(evaluate(notebook.kernel, "weight"))
     assert abs(weight - 3.0) < 0.1  # the job fitted y = 3x
     assert float(evaluate(notebook.kernel, "final_loss")) < 0.05
+
+
+def test_the_checkpoint_example_runs_cell_by_cell_and_brings_its_values_back(notebook):
+    """examples/checkpoint.ipynb as a person runs it: the loop saves through spawner.checkpoint in
+    the job (its $GPUSLICE_CHECKPOINT_DIR) and its values come back. Its resuming after a real
+    preemption is tested in test_checkpoint_preemption.py."""
+    example = json.loads((REPO_ROOT / "examples" / "checkpoint.ipynb").read_text())
+    cells = ["".join(cell["source"]) for cell in example["cells"] if cell["cell_type"] == "code"]
+    outputs = [run(notebook.kernel, source) for source in cells]
+    for done in outputs:
+        assert not done.errors and done.reply["content"]["status"] == "ok", "\n---\n".join(map(str, outputs))
+    assert "run 1 starts at step 0" in outputs[0].stdout
+    assert outputs[1].stdout.strip() == "30 steps in 1 run(s), final loss 0.0424"
 
 
 def test_with_the_service_down_submitting_says_so_and_goes_through_once_it_is_back(notebook):

@@ -17,6 +17,14 @@ from pathlib import Path
 from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
+from spawner.checkpoint import CHECKPOINT_VARIABLE
+
+from ..payload import JOB_FILES_VARIABLE
+
+CHECKPOINT_DIR = "checkpoint"
+"""The job's checkpoint directory, inside its files directory: that one is kept across the runs of
+a job (each run only gets fresh results) and is the owner's where jobs run as their owners."""
+
 
 @dataclass(frozen=True)
 class ExecutionSpec:
@@ -70,10 +78,16 @@ def execution_environment(spec: ExecutionSpec) -> dict[str, str]:
     UUIDs stay right when indices differ between the driver and the process, and
     ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` keeps the in-process order the same as ``nvidia-smi``'s, as for
     notebook slices (:mod:`spawner.enforce.env`). ``PYTHONUNBUFFERED`` makes a Python job's prints
-    reach the log as they happen, not when a buffer fills or the job ends.
+    reach the log as they happen, not when a buffer fills or the job ends. A job with a files
+    directory (every job the service runs) gets ``$GPUSLICE_CHECKPOINT_DIR`` in it, for
+    :mod:`spawner.checkpoint`: the same for every run of the job, so a run after a preemption
+    finds what the run before saved.
     """
+    files = spec.environment.get(JOB_FILES_VARIABLE)
+    checkpoints = {CHECKPOINT_VARIABLE: str(Path(files) / CHECKPOINT_DIR)} if files else {}
     return {
         **spec.environment,
+        **checkpoints,
         "CUDA_VISIBLE_DEVICES": ",".join(spec.gpu_uuids),
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
         "GPUSLICE_JOB_ID": spec.job_id,

@@ -36,6 +36,7 @@ from spawner.core.units import SliceRequest, describe_milli
 from spawner.core.vocabulary import DEV_POOL
 
 from . import yaml_lines
+from .kube_backends import KubeSettings, kube_settings, mig_problem
 from .quotas import entry_count, quota_policy
 from .yaml_problems import (
     ConfigFileError,
@@ -190,6 +191,8 @@ class ProfileSet:
     quotas: QuotaPolicy = field(default_factory=QuotaPolicy)
     directory: str = ""
     files: tuple[str, ...] = ()
+    kubernetes: KubeSettings = field(default_factory=KubeSettings)
+    """The slice back-end of each GPU pool on Kubernetes (:mod:`.kube_backends`); unused elsewhere."""
 
     def __iter__(self) -> Iterator[Profile]:
         return iter(self.profiles)
@@ -251,6 +254,9 @@ class _DirectoryLoader:
         self.profiles_given = False
         self.quotas_place: _Place | None = None
         self.quotas = QuotaPolicy()
+        self.places: list[_Place] = []
+        self.kubernetes_place: _Place | None = None
+        self.kubernetes = KubeSettings()
 
     def read(self, path: Path) -> None:
         filename = os.path.join(self.shown_dir, path.name)
@@ -266,11 +272,34 @@ class _DirectoryLoader:
             return
         self.profiles_given = self.profiles_given or "profiles" in document
         profiles, claims, problems = _build_profiles(filename, document, invalid)
-        self.profiles += profiles
+        self.profiles += [profile for profile, _ in profiles]
+        self.places += [place for _, place in profiles]
         self.claims += claims
         self.problems += problems
         if "quotas" in document:
             self._take_quotas(_Place(filename, document, ("quotas",)), invalid)
+        if "kubernetes" in document:
+            self._take_kubernetes(_Place(filename, document, ("kubernetes",)), invalid)
+
+    def _take_kubernetes(self, place: _Place, invalid: Sequence[Problem]) -> None:
+        if self.kubernetes_place is not None:
+            text = f"kubernetes is already given in {self.kubernetes_place.where}; keep it in one file"
+            self.problems.append(problem_at(place.filename, place.document, place.path, text))
+            return
+        self.kubernetes_place = place
+        if not any(problem.concerns(place.path) for problem in invalid):
+            self.kubernetes = kube_settings(place.document["kubernetes"])
+
+    def _backend_problems(self) -> list[Problem]:
+        """Profiles their pool's Kubernetes back-end cannot run: a slice no MIG profile holds."""
+        problems = []
+        for profile, place in zip(self.profiles, self.places, strict=True):
+            if self.kubernetes.for_pool(profile.pool).backend != "mig" or not profile.milli_gpu:
+                continue
+            text = mig_problem(profile.gpu_models, profile.milli_gpu, profile.gpu_memory_mib)
+            if text:
+                problems.append(place.problem("milli_gpu", f"{text} (kubernetes.pools.{profile.pool})"))
+        return problems
 
     def _take_quotas(self, place: _Place, invalid: Sequence[Problem]) -> None:
         if self.quotas_place is not None:
@@ -282,7 +311,7 @@ class _DirectoryLoader:
             self.quotas = quota_policy(place.document["quotas"])
 
     def finish(self) -> ProfileSet:
-        problems = self.problems + _cross_file_problems(self.claims)
+        problems = self.problems + _cross_file_problems(self.claims) + self._backend_problems()
         if not self.profiles_given and not problems:
             text = (
                 "no profiles found; expected *.yaml files with a 'profiles:' list "
@@ -298,6 +327,7 @@ class _DirectoryLoader:
             quotas=self.quotas,
             directory=self.shown_dir,
             files=tuple(self.filenames),
+            kubernetes=self.kubernetes,
         )
 
 
@@ -339,12 +369,13 @@ class _Claim:
 
 def _build_profiles(
     filename: str, document: Mapping[str, Any], invalid: Sequence[Problem]
-) -> tuple[list[Profile], list[_Claim], list[Problem]]:
-    """The file's profiles that passed the schema, every entry's claims, and what the schema missed."""
+) -> tuple[list[tuple[Profile, _Place]], list[_Claim], list[Problem]]:
+    """The file's profiles that passed the schema (each with where it was written), every entry's
+    claims, and what the schema missed."""
     entries = document.get("profiles")
     if not isinstance(entries, list):
         return [], [], []
-    profiles: list[Profile] = []
+    profiles: list[tuple[Profile, _Place]] = []
     claims: list[_Claim] = []
     problems: list[Problem] = []
     for index, entry in enumerate(entries):
@@ -361,7 +392,7 @@ def _build_profiles(
         if entry_problems:
             problems += entry_problems
             continue
-        profiles.append(_profile(entry, source=place.location))
+        profiles.append((_profile(entry, source=place.location), place))
     return profiles, claims, problems
 
 

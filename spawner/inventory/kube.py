@@ -3,10 +3,9 @@
 NVIDIA's GPU feature discovery labels every GPU node with ``nvidia.com/gpu.count``,
 ``nvidia.com/gpu.product`` and ``nvidia.com/gpu.memory`` (MiB); those, not the
 ``nvidia.com/gpu`` resource count, say what the cards are, since time-slicing multiplies the
-resource count by its replicas. This module is a pure function of the Node JSON, so that
-whatever reads nodes reads them the same way. Nothing in the product reads a cluster's nodes yet
-(:class:`~spawner.inventory.Inventory` has no Kubernetes source): this is the parser such a source
-would use, tested on its own.
+resource count by its replicas. :func:`nodes_from_kube` is a pure function of the Node JSON, so
+that whatever reads nodes reads them the same way; :class:`ClusterNodes` lists a cluster's nodes
+with it and keeps them current by a watch (tests/kube runs it against a real API server).
 """
 
 from __future__ import annotations
@@ -181,3 +180,93 @@ def _gpus(
         )
         for index in range(count)
     )
+
+
+class ClusterNodes:
+    """The cluster's nodes as gpuslice sees them, listed once and kept current by a watch.
+
+    ``nodes`` maps each node's name to its :class:`~spawner.core.units.Node` (GPUs from the
+    feature-discovery labels, see :func:`nodes_from_kube`). A node deleted from the cluster, or
+    cordoned, leaves the map and ``on_node_gone(name)`` is awaited, so that its owner can fail
+    and free the leases on it at once rather than when their pods' deletion is noticed. The watch
+    resumes from the last resource version it saw, and lists again when the API server says that
+    version is too old (HTTP 410), as client-go's reflector does.
+    """
+
+    def __init__(
+        self,
+        api_client: Any,
+        *,
+        pool_label: str = POOL_LABEL,
+        default_pools: frozenset[str] = DEFAULT_POOLS,
+        on_node_gone: Any = None,
+    ) -> None:
+        self.api_client = api_client
+        self.pool_label = pool_label
+        self.default_pools = default_pools
+        self.on_node_gone = on_node_gone
+        self.nodes: dict[str, Node] = {}
+        self.resource_version = ""
+
+    def _parse(self, node_object: Mapping[str, Any]) -> Node | None:
+        parsed = nodes_from_kube([node_object], pool_label=self.pool_label, default_pools=self.default_pools)
+        return parsed[0] if parsed else None
+
+    async def list(self) -> list[Node]:
+        """Read every node now; returns them and remembers where a watch resumes."""
+        from kubernetes_asyncio import client
+
+        response = await client.CoreV1Api(self.api_client).list_node(_preload_content=False)
+        node_list = await response.json()
+        self.resource_version = node_list["metadata"].get("resourceVersion", "")
+        listed = {}
+        for node_object in node_list.get("items", []):
+            node = self._parse(node_object)
+            if node is not None:
+                listed[node.name] = node
+        gone = set(self.nodes) - set(listed)
+        self.nodes = listed
+        for name in sorted(gone):
+            await self._gone(name)
+        return list(listed.values())
+
+    async def _gone(self, name: str) -> None:
+        log.warning("node %s left the cluster (or was cordoned); its GPUs leave the inventory", name)
+        if self.on_node_gone is not None:
+            await self.on_node_gone(name)
+
+    async def apply(self, event_type: str, node_object: Mapping[str, Any]) -> None:
+        """One watch event: a node added, changed (cordoned: it leaves the map) or deleted."""
+        name = node_object.get("metadata", {}).get("name", "")
+        version = node_object.get("metadata", {}).get("resourceVersion")
+        if version:
+            self.resource_version = version
+        node = None if event_type == "DELETED" else self._parse(node_object)
+        if node is not None:
+            self.nodes[name] = node
+        elif name in self.nodes:
+            del self.nodes[name]
+            await self._gone(name)
+
+    async def watch(self, timeout_seconds: int = 300) -> None:
+        """Follow the nodes until cancelled: list, then apply every watch event, resuming as it ends."""
+        from kubernetes_asyncio import client, watch
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        core = client.CoreV1Api(self.api_client)
+        await self.list()
+        while True:
+            stream = watch.Watch()
+            try:
+                async for event in stream.stream(
+                    core.list_node, resource_version=self.resource_version, timeout_seconds=timeout_seconds
+                ):
+                    if event["type"] == "ERROR":
+                        raise ApiException(status=event["raw_object"].get("code", 500))
+                    await self.apply(event["type"], event["raw_object"])
+            except ApiException as error:
+                if error.status != 410:
+                    raise
+                await self.list()
+            finally:
+                stream.stop()

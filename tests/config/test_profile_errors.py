@@ -224,7 +224,7 @@ def test_invalid_yaml_names_the_line(profiles_dir):
         (
             "profile:\n  - {slug: a, display_name: A}\n",
             "profiles/p.yaml:1: profile: unknown field (did you mean 'profiles'?); "
-            "expected one of: profiles, quotas",
+            "expected one of: profiles, quotas, kubernetes",
         ),
         (
             "profiles: []\n",

@@ -202,3 +202,12 @@ def test_usage_between_passes_counts_every_run_over_its_part_of_the_interval():
     ]
     assert gpu_seconds_between(runs, since=100.0, now=110.0) == {"vision": 22.0, "nlp": 16.0, "audio": 10.0}
     assert gpu_seconds_between(runs, since=110.0, now=110.0) == {}
+
+
+def test_a_job_without_time_limit_that_would_delay_the_reserved_one_waits_saying_so():
+    nodes = train_nodes(1, gpus=2)
+    busy = [running_on(job("running", limit=600.0), "t0", [0])]
+    queue = [job("gang", gpus=2, at=1.0), job("endless", at=2.0, limit=float("inf"))]
+    decision = schedule(nodes, busy, queue, {"a": GroupShare(guaranteed_gpus=4)}, {}, now=10.0)
+    assert decision.starts == [] and decision.reservation.job_id == "gang"
+    assert decision.waiting["endless"].reason.startswith("it would fit now, but its time limit (unlimited)")

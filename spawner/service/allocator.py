@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from spawner.config.profiles import ProfileSet
 from spawner.core import quota, scheduler
+from spawner.core.holds import InteractiveHolds, nodes_without
 from spawner.core.quota import QuotaPolicy
 from spawner.core.scheduler import BatchJob, RunningJob
 from spawner.core.units import Lease, Node, Placement, SliceRequest, WorkloadClass, gpus_by_uuid
@@ -33,10 +34,6 @@ from .capacity import cluster_with, free_slices
 from .hub_users import HubUser, HubUserDirectory
 from .lease_request import LeaseBody, LeaseBodyError
 from .serialize import gpu_json, group_view, holder_json, profile_json
-
-RESERVED_POOL = "reserved-for-interactive"
-"""The pool a reclaimed dev GPU is in for the scheduler while it waits for its interactive slice:
-no batch request asks for it, so no pass lends the GPU out again meanwhile."""
 
 
 class Borrowers(Protocol):
@@ -58,15 +55,6 @@ class Borrowers(Protocol):
 
     def seconds_left(self, job_ids: Iterable[str]) -> float:
         """How long the slowest of these stopping jobs may still take to give its GPUs back."""
-
-
-@dataclass(frozen=True)
-class InteractiveHold:
-    """Dev GPUs taken back for one interactive request, kept from batch jobs until ``until``."""
-
-    gpu_uuids: tuple[str, ...]
-    until: float
-    """``time.monotonic()`` after which the GPUs may be lent to batch jobs again."""
 
 
 @dataclass(frozen=True)
@@ -126,8 +114,9 @@ class Allocator:
         self.borrowers: Borrowers | None = None
         """The batch side idle dev GPUs are lent to (see :meth:`lend_dev_gpus_to`); without it
         a slice that finds no room is refused at once."""
-        self.held_for_interactive: dict[str, InteractiveHold] = {}
-        """Dev GPUs reclaimed for an interactive slice, by the lease id the slice is asked under."""
+        self.holds = InteractiveHolds()
+        """Dev GPUs reclaimed for an interactive slice, by the lease id the slice is asked under
+        (on ``time.monotonic()``'s clock)."""
 
     def lend_dev_gpus_to(self, borrowers: Borrowers) -> None:
         """Lend idle dev GPUs to ``borrowers`` (the batch scheduler), which give them back when a
@@ -194,7 +183,7 @@ class Allocator:
             result = await self._allocate_interactive(body, group, request)
         if result.granted:
             # The GPUs reclaimed for this request, if any, are its own now.
-            self.held_for_interactive.pop(body.lease_id, None)
+            self.holds.release(body.lease_id)
         return Grant(result, group)
 
     async def _allocate_interactive(
@@ -281,9 +270,7 @@ class Allocator:
                         f"an interactive slice needs the dev GPU {', '.join(names)} it borrowed",
                     )
             left = borrowers.seconds_left(victim.job.id for victim in victims)
-            self.held_for_interactive[lease_id] = InteractiveHold(
-                uuids, time.monotonic() + left + borrowers.interactive_hold_seconds
-            )
+            self.holds.hold(lease_id, uuids, time.monotonic() + left + borrowers.interactive_hold_seconds)
         return Reclaiming(
             jobs=len(victims), gpus=names, retry_after_s=min(max(1, math.ceil(left)), 10), ready_within_s=left
         )
@@ -291,25 +278,7 @@ class Allocator:
     def nodes_for_batch(self, nodes: list[Node]) -> list[Node]:
         """``nodes`` as batch work may use them: the GPUs held for interactive slices moved to a
         pool no job asks for."""
-        self._forget_expired_holds()
-        held = {uuid for hold in self.held_for_interactive.values() for uuid in hold.gpu_uuids}
-        if not held:
-            return nodes
-        return [
-            replace(
-                node,
-                gpus=tuple(
-                    replace(gpu, pools=frozenset({RESERVED_POOL})) if gpu.uuid in held else gpu
-                    for gpu in node.gpus
-                ),
-            )
-            for node in nodes
-        ]
-
-    def _forget_expired_holds(self) -> None:
-        now = time.monotonic()
-        for lease_id in [key for key, hold in self.held_for_interactive.items() if hold.until <= now]:
-            del self.held_for_interactive[lease_id]
+        return nodes_without(nodes, self.holds.held_uuids(time.monotonic()))
 
     # ------------------------------------------------------------------------------- views
 

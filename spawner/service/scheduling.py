@@ -13,7 +13,8 @@ races a start):
    anything not held by a running job just occupy their GPUs), running jobs with their
    placements, the queue, each group's guaranteed and borrowable GPUs, and each group's decayed
    GPU usage;
-3. asks ``core.scheduler.schedule`` for a decision, the same code the simulator replays;
+3. asks ``core.scheduler.schedule`` for a decision (through ``core.incremental``, which keeps the
+   sorted queue between passes and decides exactly as it does), the same code the simulator replays;
 4. applies it: the allocator grants a lease on the chosen placement for every start, then the
    process starts; for every preemption a ``preempted`` record and the stop signal, while a
    background task waits out the grace period, gives the lease back and queues the job again
@@ -42,7 +43,8 @@ from tornado.ioloop import PeriodicCallback
 from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
-from spawner.core import scheduler
+from spawner.core import fair_share, scheduler
+from spawner.core.incremental import IncrementalScheduler
 from spawner.core.quota import QuotaPolicy
 from spawner.core.scheduler import GroupShare, RunningJob, Start, describe_duration
 from spawner.core.units import Lease, WorkloadClass
@@ -136,6 +138,9 @@ class BatchScheduler(LoggingConfigurable):
         self._usage_at: float | None = None
         self._usage_loaded = False
         self._callback: PeriodicCallback | None = None
+        # The sorted queue and the cluster's capacity, kept from pass to pass: a pass costs what
+        # changed since the last one, and decides exactly as core.scheduler.schedule would.
+        self.incremental = IncrementalScheduler()
 
     # ------------------------------------------------------------------------------- running
 
@@ -187,7 +192,7 @@ class BatchScheduler(LoggingConfigurable):
         self._decay_usage(running, finished, now)
         shares = group_shares(self.allocator.quotas, [job.group for job in queue] + list(self.usage))
         decision = await asyncio.to_thread(
-            scheduler.schedule,
+            self.incremental.schedule,
             self.allocator.nodes_for_batch(nodes),
             running,
             queue,
@@ -252,17 +257,11 @@ class BatchScheduler(LoggingConfigurable):
     def _decay_usage(self, running: Sequence[RunningJob], finished: Sequence[JobRecord], now: float) -> None:
         """Decay every group's usage, and add what its jobs used since the last pass: those still
         holding GPUs, and those that ended in between (however short)."""
-        since = now if self._usage_at is None else self._usage_at
-        self._usage_at = now
-        elapsed = now - since
         runs = [(job.job.group, job.job.gpus, job.started_at, None) for job in running]
         runs += [(record.group, record.gpus, record.started_at, record.ended_at) for record in finished]
-        used = scheduler.gpu_seconds_between(runs, since, now)
-        for group in set(self.usage) | set(used):
-            rate = used.get(group, 0.0) / elapsed if elapsed > 0 else 0.0
-            self.usage[group] = scheduler.decayed_usage(
-                self.usage[group], rate, elapsed, self.usage_half_life_seconds
-            )
+        half_life = self.usage_half_life_seconds
+        self.usage.update(fair_share.advance(self.usage, runs, self._usage_at, now, half_life))
+        self._usage_at = now
 
     async def _release_orphans(self, leases: Iterable[Lease], holding_ids: set[str]) -> set[str]:
         """Give back batch leases whose job no longer holds GPUs; the leases released now.

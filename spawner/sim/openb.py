@@ -110,3 +110,48 @@ def load_pods(path: str | Path) -> list[TracePod]:
             request = SliceRequest(cpu_milli=common["cpu_milli"], memory_mib=common["memory_mib"])
         pods.append(TracePod(name=row["name"], request=request))
     return pods
+
+
+# ----------------------------------------------------------------------- published figures
+#
+# The FGD artifact (Weng et al., USENIX ATC '23) publishes, per openb trace and policy, the GPU
+# allocation ratio at every arrived-workload percentage for seeds 42-51; the shared data holds
+# their 10-seed means (``allocation_means.csv``: ``trace, policy, seeds, alloc_pct_at_0 .. _130``).
+
+ARTIFACT_POLICIES = {"06-FGD": "fgd", "05-BestFit": "best-fit", "04-GpuPacking": "packing"}
+"""The artifact's policies that ours reproduce, by the artifact's name."""
+
+COLUMN_PREFIX = "alloc_pct_at_"
+
+PublishedCurves = dict[tuple[str, str], dict[int, float]]
+"""(trace, our policy name) -> {arrived %: allocation %}."""
+
+
+def load_published(path: str | Path) -> PublishedCurves:
+    """The published curves of the policies in ``ARTIFACT_POLICIES``; raises ``TraceError`` for a
+    file that is not such a table (naming file:line and column)."""
+    path = Path(path)
+    curves: PublishedCurves = {}
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            columns = [name for name in reader.fieldnames or () if name.startswith(COLUMN_PREFIX)]
+            if not {"trace", "policy"} <= set(reader.fieldnames or ()) or not columns:
+                raise TraceError(f"{path}: expected columns trace, policy and {COLUMN_PREFIX}<percent>")
+            for line, row in enumerate(reader, start=2):
+                policy = ARTIFACT_POLICIES.get(row["policy"])
+                if policy is None:
+                    continue
+                curve = {}
+                for column in columns:
+                    text = (row.get(column) or "").strip()
+                    try:
+                        curve[int(column[len(COLUMN_PREFIX) :])] = float(text)
+                    except ValueError:
+                        raise TraceError(
+                            f"{path}:{line}: column {column!r}: expected a number, got {text!r}"
+                        ) from None
+                curves[(row["trace"], policy)] = curve
+    except OSError as error:
+        raise TraceError(f"{path}: {error.strerror or error}") from error
+    return curves

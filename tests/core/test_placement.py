@@ -28,13 +28,31 @@ def test_best_fit_takes_the_tightest_gpu_on_the_fullest_node():
     assert placement.node == "node1" and placement.gpu_uuids == ("GPU-node1-0",)
 
 
+def test_best_fit_scores_as_the_artifact_does():
+    # 100 * (1 - (CPU left / 128 cores + GPU left / 8 GPUs) / 2), truncated: the node with 60
+    # cores left scores int(100 * (1 - 0.234 - 0.0625)) = 70, the one with 64 scores 68.
+    nodes = [make_node("roomy", gpus=2, cpu_milli=64000), make_node("tight", gpus=2, cpu_milli=60000)]
+    cluster = ClusterState(nodes)
+    occupy(cluster, "roomy", 1000)
+    occupy(cluster, "tight", 1000)
+    policy = get_policy("best-fit")
+    scores = policy.node_scores(
+        cluster, SliceRequest(gpus=1), np.arange(2), cluster.candidate_mask(SliceRequest(gpus=1))
+    )
+    assert scores.tolist() == [0, 100]  # rescaled so the best node scores 100
+    assert policy.place(cluster, SliceRequest(gpus=1)).node == "tight"
+
+
 def test_packing_prefers_a_used_gpu_then_a_used_node():
     cluster = ClusterState(make_cluster_nodes(3, gpus=2))
     occupy(cluster, "node2", 1000)
     occupy(cluster, "node1", 0, 400)
     packing = get_policy("packing")
+    # A fraction on the GPU in use (score 94) beats an idle GPU of a used node (49) and an idle node (31).
     assert packing.place(cluster, SliceRequest(milli_gpu=500)).gpu_uuids == ("GPU-node1-1",)
-    assert packing.place(cluster, SliceRequest(gpus=1)).node == "node2"
+    cluster = ClusterState(make_cluster_nodes(2, gpus=2))
+    occupy(cluster, "node1", 1000)
+    assert packing.place(cluster, SliceRequest(gpus=1)).node == "node1"
 
 
 def test_spread_takes_the_emptiest_node():
@@ -62,14 +80,91 @@ def test_fgd_avoids_stranding_a_gpu_that_the_workload_cannot_use():
     assert fgd.place(cluster, SliceRequest(milli_gpu=300)).gpu_uuids == ("GPU-node0-1",)
 
 
-def test_default_breaks_fragmentation_ties_toward_the_fullest_node():
+def first_in_seeded_order(policy, cluster, names):
+    rank = policy.node_order(cluster)
+    return min(names, key=lambda name: rank[cluster.node_index[name]])
+
+
+def test_fgd_scores_a_move_as_the_artifact_does():
+    # int(100 * sigmoid(-change / 1000)): no change scores 50; freeing 136 milli of fragment 53;
+    # stranding 300 milli 42; anything that strands 5 GPUs or more scores 0, as does no move at all.
+    fgd = get_policy("fgd")
+    change = np.array([0.0, -136.0, 300.0, 5000.0, np.inf])
+    assert (-fgd.move_cost(change)).tolist() == [50, 53, 42, 0, 0]
+
+
+def test_fgd_target_workload_is_the_tasks_that_make_95_percent_with_cpu_only_ones():
+    a = SliceRequest(milli_gpu=500, cpu_milli=4000, memory_mib=1024)
+    same_a_more_memory = SliceRequest(milli_gpu=500, cpu_milli=4000, memory_mib=8192)
+    b = SliceRequest(gpus=1, cpu_milli=8000)
+    cpu_only = SliceRequest(cpu_milli=16000)
+    rare = SliceRequest(gpus=8, cpu_milli=64000)
+    mix = [(a, 30), (same_a_more_memory, 20), (b, 30), (cpu_only, 15), (rare, 5)]
+    types = get_policy("fgd", mix)._types(mix)
+    # a (50, memory merged), b (30), CPU-only (15) make 95 of 100 tasks; the gang is left out.
+    assert sorted(types.weight.tolist()) == pytest.approx(sorted([50 / 95, 30 / 95]))
+    assert types.free_weight == pytest.approx(15 / 95)
+    assert types.memory.tolist() == [0, 0] and sorted(types.shape_count.tolist()) == [1, 1]
+
+
+def test_fgd_judges_whether_a_type_fits_by_cpu_and_gpus_not_memory():
+    nodes = [make_node("node0", gpus=2, host_memory_mib=4096)]
+    cluster = ClusterState(nodes)
+    mix = [(SliceRequest(gpus=1, memory_mib=65536), 1.0)]
+    fgd_types = get_policy("fgd", mix)._types(mix)
+    exact_types = placement_module._TaskTypes.from_mix(mix, coverage=1.0, host_memory=True)
+    fgd_view = placement_module._FragmentationCache(cluster, fgd_types)
+    exact_view = placement_module._FragmentationCache(cluster, exact_types)
+    fgd_view.refresh_aggregates()
+    exact_view.refresh_aggregates()
+    assert fgd_view.fragmentation[0] == 0  # FGD: the type fits, no GPU is a fragment
+    assert exact_view.fragmentation[0] == 2000  # by memory it fits nowhere: both GPUs are fragment
+
+
+def test_fgd_settles_ties_by_a_seeded_node_order():
+    names = [f"node{i}" for i in range(6)]
+    workload = [(SliceRequest(gpus=1), 1.0)]
+    chosen = set()
+    for seed in range(8):
+        cluster = ClusterState(make_cluster_nodes(6, gpus=4))
+        fgd = get_policy("fgd", workload, seed=seed)
+        # Every idle GPU scores the same; the first node of the seed's order wins, every time.
+        node = fgd.place(cluster, SliceRequest(gpus=1)).node
+        assert node == first_in_seeded_order(fgd, cluster, names)
+        assert get_policy("fgd", workload, seed=seed).place(cluster, SliceRequest(gpus=1)).node == node
+        chosen.add(node)
+    assert len(chosen) > 1
+
+
+def test_default_never_takes_a_move_fgd_scores_worse():
+    # The workload is 0.6 slices: a 0.3 slice on the GPU with 0.6 free would strand 0.3 (FGD score
+    # 42); on an idle GPU it strands nothing (50). The used node is fuller, but FGD's score comes first.
+    cluster = ClusterState(make_cluster_nodes(2, gpus=1))
+    occupy(cluster, "node0", 400)
+    default = get_policy("default", [(SliceRequest(milli_gpu=600), 1.0)])
+    assert default.place(cluster, SliceRequest(milli_gpu=300)).node == "node1"
+
+
+def test_default_gives_fgd_ties_to_the_fullest_node_by_gpu_and_cpu():
+    # Both nodes have the same free GPUs; "busy" has less CPU free, so it is the fuller one.
+    nodes = [make_node("quiet", gpus=4, cpu_milli=64000), make_node("busy", gpus=4, cpu_milli=64000)]
+    cluster = ClusterState(nodes)
+    cluster.allocate(Placement("busy", (), cpu_milli=16000))
+    workload = [(SliceRequest(gpus=1, cpu_milli=4000), 1.0)]
+    assert get_policy("default", workload).place(cluster, SliceRequest(gpus=1, cpu_milli=4000)).node == "busy"
+
+
+def test_default_breaks_remaining_ties_toward_the_fullest_node_then_the_seeded_order():
     cluster = ClusterState(make_cluster_nodes(3, gpus=4))
     occupy(cluster, "node2", 1000, 1000)
     workload = [(SliceRequest(gpus=1), 1.0)]
-    # Taking any idle GPU adds the same fragmentation (none); FGD takes the first node, our
-    # default the fullest, which keeps node0 and node1 whole for 4-GPU gangs.
-    assert get_policy("fgd", workload).place(cluster, SliceRequest(gpus=1)).node == "node0"
+    # Any idle GPU adds the same fragmentation and destroys one copy; the fullest node keeps
+    # node0 and node1 whole for 4-GPU gangs.
     assert get_policy("default", workload).place(cluster, SliceRequest(gpus=1)).node == "node2"
+    idle = ClusterState(make_cluster_nodes(3, gpus=4))
+    default = get_policy("default", workload, seed=5)
+    expected = first_in_seeded_order(default, idle, ["node0", "node1", "node2"])
+    assert default.place(idle, SliceRequest(gpus=1)).node == expected
 
 
 def test_cpu_and_memory_are_honoured():
@@ -186,7 +281,11 @@ def test_cached_fragmentation_moves_match_a_naive_recomputation(steps, probe):
         placement = policy.place(cluster, request)
         if placement is not None:
             cluster.allocate(placement)
-    cache = policy._cache(cluster, probe)
+    # The exact measure (every type, memory counted, the change itself as the cost), which FGD's
+    # integer score and our default's first rule are both read from.
+    cache = placement_module._FragmentationCache(
+        cluster, placement_module._TaskTypes.from_mix(mix, coverage=1.0, host_memory=True)
+    )
     change, _ = cache.best_moves(probe)
     cache.refresh_aggregates()
     for row in range(len(cluster.nodes)):

@@ -1,12 +1,13 @@
 import json
 
+import numpy as np
 import pytest
 
 from spawner.cli import main
 from spawner.core.units import SliceRequest
-from spawner.sim.openb import TraceError, load_nodes, load_pods
-from spawner.sim.paths import OPENB_NODES, openb_file, openb_pods
-from spawner.sim.replay import INFLATION, arrival_order, compare, replay
+from spawner.sim.openb import TraceError, load_nodes, load_pods, load_published
+from spawner.sim.paths import FGD_PUBLISHED_ENV, OPENB_NODES, openb_file, openb_pods, trace_name
+from spawner.sim.replay import INFLATION, allocation_curve, arrival_order, compare, replay
 from spawner.sim.synthetic import MIXES, random_mix, synthetic_pods
 
 NODES_CSV = """sn,cpu_milli,memory_mib,gpu,model
@@ -54,14 +55,31 @@ def test_bad_trace_names_file_line_and_column(tmp_path):
         load_nodes(tmp_path / "absent.csv")
 
 
-def test_arrivals_are_seeded_and_inflated_to_130_percent(small_trace):
+def test_arrivals_are_the_shuffled_trace_then_draws_up_to_130_percent(small_trace):
     pods = load_pods(small_trace[1])
     first = arrival_order(pods, total_gpus=10, seed=3)
     assert first == arrival_order(pods, total_gpus=10, seed=3)
     assert first != arrival_order(pods, total_gpus=10, seed=4)
+    # Every task of the trace once, in a seeded order, before any drawn copy.
+    assert sorted(pod.name for pod in first[: len(pods)]) == sorted(pod.name for pod in pods)
+    target = INFLATION * 10 * 1000
     demand = sum(pod.request.total_milli for pod in first)
-    assert demand >= INFLATION * 10 * 1000
-    assert demand - first[-1].request.total_milli < INFLATION * 10 * 1000
+    # Draws stop when the next one's share of a GPU would pass the target (the artifact's test).
+    assert demand - first[-1].request.total_milli + first[-1].request.per_gpu_milli <= target
+    assert demand > target - max(pod.request.per_gpu_milli for pod in pods)
+    # A trace that alone asks for more than the target is replayed once, shuffled, and no more.
+    assert len(arrival_order(pods, total_gpus=1, seed=3)) == len(pods)
+
+
+def test_allocation_curve_reads_the_mean_at_each_arrived_percent():
+    # 10 GPUs; records after each task: arrived 4.9, 5.0, 5.1 GPUs (49, 50, 51%), then 7 GPUs (70%).
+    arrived = np.array([4900, 5000, 5100, 7000])
+    allocated = np.array([4000, 4500, 5000, 6000])
+    curve = allocation_curve(arrived, allocated, total_gpus=10, points=(50, 60, 69, 90))
+    assert curve[50] == 45.0  # only the record that rounds to 50% counts
+    assert 60 not in curve  # nothing within one point of 60%
+    assert curve[69] == 60.0  # none at 69%: the records within one point stand in
+    assert 90 not in curve
 
 
 def test_replay_reports_consistent_figures(small_trace):
@@ -82,7 +100,10 @@ def test_compare_runs_every_policy_on_the_same_seeds(small_trace):
         "alloc_ratio_final",
         "unallocated_gpus_final",
         "decisions_per_s",
+        "curve",
     }
+    curve = summary["fgd"]["curve"]
+    assert set(curve) <= set(range(0, 131, 5)) and all(0 <= value <= 100 for value in curve.values())
 
 
 def test_cli_json_output(small_trace, capsys):
@@ -162,3 +183,37 @@ def test_openb_cluster_is_read_whole(openb):
     assert sum(len(node.gpus) for node in openb) == 6212
     pods = load_pods(openb_pods("multigpu30"))  # the one list without a gpu_spec column
     assert len(pods) == 8508
+
+
+PUBLISHED_CSV = """trace,policy,seeds,alloc_pct_at_0,alloc_pct_at_100,alloc_pct_at_130
+pods,06-FGD,10,0.25,61.5,70.25
+pods,05-BestFit,10,0.25,60.0,65.0
+pods,01-Random,10,0.25,50.0,55.0
+"""
+
+
+def test_published_curves_are_read_by_our_policy_names(tmp_path):
+    path = tmp_path / "allocation_means.csv"
+    path.write_text(PUBLISHED_CSV)
+    curves = load_published(path)
+    assert curves[("pods", "fgd")] == {0: 0.25, 100: 61.5, 130: 70.25}
+    assert set(curves) == {("pods", "fgd"), ("pods", "best-fit")}  # Random has no policy of ours
+    path.write_text(PUBLISHED_CSV.replace("61.5", "lots"))
+    with pytest.raises(
+        TraceError, match=r"allocation_means.csv:2: column 'alloc_pct_at_100': expected a number"
+    ):
+        load_published(path)
+    assert trace_name("/x/openb_pod_list_gpushare40.csv") == "gpushare40"
+
+
+def test_cli_shows_the_published_figures_beside_ours(small_trace, tmp_path, capsys, monkeypatch):
+    (tmp_path / "allocation_means.csv").write_text(PUBLISHED_CSV)
+    monkeypatch.setenv(FGD_PUBLISHED_ENV, str(tmp_path))
+    arguments = ["sim", "place", "--nodes", str(small_trace[0]), "--pods", str(small_trace[1])]
+    assert main([*arguments, "--policy", "fgd,default", "--seeds", "1", "--workers", "1"]) == 0
+    table = capsys.readouterr().out
+    fgd_row = next(line for line in table.splitlines() if line.startswith("fgd "))
+    assert "61.50%" in fgd_row and "70.25%" in fgd_row
+    monkeypatch.setenv(FGD_PUBLISHED_ENV, str(tmp_path / "absent"))
+    assert main([*arguments, "--policy", "fgd", "--seeds", "1", "--workers", "1"]) == 0
+    assert "published FGD figures: skipped" in capsys.readouterr().out

@@ -52,39 +52,40 @@ def as_json_objects(query: Select) -> Select:
     return select(func.json_group_array(func.json_object(*fields)))
 
 
-RECORD_SEPARATOR = "\x1e"
-UNIT_SEPARATOR = "\x1f"
-"""Between rows, and between the values of a row, in :func:`as_separated_json_objects`' text. JSON
-writes every control character escaped (``\\u001e``), so neither occurs inside an object."""
+SEPARATOR = "\x1f"
+"""Between the values of :func:`as_separated_json_objects`' text, and between its rows. JSON writes
+every control character escaped (``\\u001f``), so it never occurs inside an object."""
 
 
 def as_separated_json_objects(query: Select, leading: Sequence[str]) -> Select:
     """A statement whose one value is ``query``'s rows as text: per row, the values of the
-    columns named in ``leading`` as JSON texts, then the whole row as a JSON object (as
-    :func:`as_json_objects` writes it), separated by :data:`UNIT_SEPARATOR`, rows by
-    :data:`RECORD_SEPARATOR`; read it with :func:`read_separated_json_objects`. A ``leading``
-    column must not be null. The rows come in no promised order."""
+    columns named in ``leading``, then the whole row as a JSON object (as :func:`as_json_objects`
+    writes it), all separated by :data:`SEPARATOR`; read it with :func:`read_separated`.
+
+    A ``leading`` float is written with 17 digits (``float()`` reads it back exactly), any other
+    value as SQLite's text of it, so a leading column must be a number or text free of control
+    characters (an id, a state), and never null. The rows come in no promised order.
+    """
     rows = query.subquery()
     fields: list[Any] = []
     for column in rows.columns:
         fields += [column.key, _as_json_value(column)]
     row_text: Any = func.json_object(*fields)
     for name in reversed(leading):
-        # json_quote writes text quoted and leaves JSON (a float as written above) as it is
-        row_text = func.json_quote(_as_json_value(rows.columns[name])).concat(UNIT_SEPARATOR).concat(row_text)
-    return select(func.coalesce(func.group_concat(row_text, RECORD_SEPARATOR), ""))
+        column = rows.columns[name]
+        value = func.printf("%!.17g", column) if isinstance(column.type, Float) else column
+        row_text = value.concat(SEPARATOR).concat(row_text)
+    return select(func.coalesce(func.group_concat(row_text, SEPARATOR), ""))
 
 
-def read_separated_json_objects(
-    connection: Connection, statement: Select, **params: Any
-) -> list[list[bytes]]:
-    """The rows of an :func:`as_separated_json_objects` statement, each as its leading values'
-    JSON texts and then its JSON object, all UTF-8 bytes (SQLite only)."""
+def read_separated(connection: Connection, statement: Select, **params: Any) -> list[str]:
+    """The values of an :func:`as_separated_json_objects` statement, row after row (each row's
+    leading values, then its JSON object), as one flat list of text (SQLite only): one split of
+    the whole text, so that the reading thread holds the GIL for little more than a copy of it.
+    The caller slices the rows' fields out (``values[0::width]``...), also without a Python step
+    per value."""
     text: str = connection.execute(statement, params).scalar_one()
-    if not text:
-        return []
-    record, unit = RECORD_SEPARATOR.encode(), UNIT_SEPARATOR.encode()
-    return [row.split(unit) for row in text.encode().split(record)]
+    return text.split(SEPARATOR) if text else []
 
 
 def read_json_objects(connection: Connection, statement: Select, **params: Any) -> list[dict[str, Any]]:

@@ -47,7 +47,7 @@ import json
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from sqlalchemy import Integer, Text, bindparam, case, cast, func, literal, select
@@ -61,7 +61,7 @@ from .bulk_read import (
     as_separated_json_objects,
     one_step_reads,
     read_json_objects,
-    read_separated_json_objects,
+    read_separated,
 )
 from .models import JobEventRow, JobRow, JobSubmissionRow, LeaseRow
 from .store import Ledger
@@ -219,14 +219,19 @@ class JobRecord:
         return values
 
 
-@dataclass(frozen=True, slots=True)
-class ListedJob:
-    """A job as a listing shows it: ``JobRecord.to_dict(include_provenance=False)`` as a JSON
-    object (UTF-8), with the two fields a caller completes it by."""
+class ListedJob(NamedTuple):
+    """A job as a listing shows it: ``JobRecord.to_dict(include_provenance=False)`` as the text of
+    a JSON object, with the fields a listing is sorted and completed by."""
 
+    created_at: float
     id: str
     state: str
-    json_object: bytes
+    json_object: str
+
+
+_listed_job = functools.partial(tuple.__new__, ListedJob)
+"""A :class:`ListedJob` from a tuple of its fields, called from C (``map``): a listing makes
+hundreds, and a Python call per job was a tenth of the service's GIL time under load."""
 
 
 _RECORD_FIELDS = tuple(attribute.name for attribute in fields(JobRecord))
@@ -667,13 +672,11 @@ class JobStore:
             if one_step_reads(connection):
                 wanted = None if states is None else tuple(sorted(_state(state).value for state in states))
                 statement = _json_listing(wanted, owner is not None, limit is not None)
-                rows = read_separated_json_objects(connection, statement, owner=owner, limit=limit)
-                jobs = [
-                    (orjson.loads(created_at), orjson.loads(job_id), orjson.loads(state), body)
-                    for created_at, job_id, state, body in rows
-                ]
-                jobs.sort(key=lambda job: (job[0], job[1]), reverse=True)
-                return [ListedJob(job_id, state, body) for _, job_id, state, body in jobs]
+                values = read_separated(connection, statement, owner=owner, limit=limit)
+                # Newest first, ties by id; built and sorted by C code, no Python step per job.
+                created_at, ids, job_states, bodies = (values[offset::4] for offset in range(4))
+                rows = sorted(zip(map(float, created_at), ids, job_states, bodies, strict=True), reverse=True)
+                return list(map(_listed_job, rows))
             result = connection.execute(_list_query(_LISTING_SELECT, owner, states, limit))
             names = tuple(result.keys())
             json_at = [names.index(name) for name in _JSON_FIELDS]
@@ -688,7 +691,7 @@ class JobStore:
                         value = decoded[text] = json.loads(text)
                     values[at] = value
                 job = dict(zip(names, values, strict=True))
-                jobs.append(ListedJob(job["id"], job["state"], orjson.dumps(job)))
+                jobs.append(ListedJob(job["created_at"], job["id"], job["state"], orjson.dumps(job).decode()))
             return jobs
 
         return self.ledger._read(work)

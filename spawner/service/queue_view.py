@@ -20,7 +20,7 @@ NOT_WAITING: Mapping[str, object] = MappingProxyType(
 )
 """The queue fields of a job that is not waiting in the snapshot."""
 
-NOT_WAITING_JSON = orjson.dumps(dict(NOT_WAITING))[1:-1]
+NOT_WAITING_JSON = orjson.dumps(dict(NOT_WAITING)).decode()[1:-1]
 """:data:`NOT_WAITING` as the members of a JSON object, to append to one
 (see :meth:`QueueSnapshot.json_members`)."""
 
@@ -54,8 +54,8 @@ class QueueSnapshot:
     _fields_own: dict[str, dict[str, object]] | None = field(
         init=False, default=None, repr=False, compare=False
     )
-    _members_everyone: dict[str, bytes] | None = field(init=False, default=None, repr=False, compare=False)
-    _members_own: dict[str, bytes] | None = field(init=False, default=None, repr=False, compare=False)
+    _members_everyone: dict[str, str] | None = field(init=False, default=None, repr=False, compare=False)
+    _members_own: dict[str, str] | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ahead = {job_id: index for index, job_id in enumerate(self.order)}
@@ -96,28 +96,26 @@ class QueueSnapshot:
         if view is None:
             view = {}
             for job_id_waiting in self.order:
-                place = self.place(job_id_waiting, everyone)
-                view[job_id_waiting] = {
-                    "queue_position": place.position,
-                    "jobs_ahead": place.jobs_ahead,
-                    "waiting_reason": place.reason,
-                    "queue_as_of": place.as_of,
-                }
+                view[job_id_waiting] = _queue_fields(self.place(job_id_waiting, everyone))
             object.__setattr__(self, "_fields_everyone" if everyone else "_fields_own", view)
         return view.get(job_id, NOT_WAITING)
 
-    def json_members(self, job_id: str, everyone: bool) -> bytes:
+    def json_members(self, job_id: str, everyone: bool) -> str:
         """:meth:`json_fields` as the members of a JSON object (``"queue_position":3,...``, no
-        braces), to append to a job's JSON object as a listing writes it; made once per snapshot
-        and view, like :meth:`json_fields`."""
+        braces), to put in a job's JSON object as a listing writes it. Made on first use per job
+        and view, and kept with the snapshot: a listing shows a few hundred of the waiting jobs,
+        and the pass's snapshot serves many listings."""
         view = self._members_everyone if everyone else self._members_own
         if view is None:
-            view = {
-                job_id_waiting: orjson.dumps(self.json_fields(job_id_waiting, everyone))[1:-1]
-                for job_id_waiting in self.order
-            }
+            view = {}
             object.__setattr__(self, "_members_everyone" if everyone else "_members_own", view)
-        return view.get(job_id, NOT_WAITING_JSON)
+        members = view.get(job_id)
+        if members is None:
+            place = self.place(job_id, everyone)
+            if place is None:
+                return NOT_WAITING_JSON
+            members = view[job_id] = orjson.dumps(_queue_fields(place)).decode()[1:-1]
+        return members
 
     def without(self, job_id: str) -> QueueSnapshot:
         """This snapshot less a job that left the queue between passes (a cancel), so that the
@@ -131,3 +129,14 @@ class QueueSnapshot:
 
     def __len__(self) -> int:
         return len(self.order)
+
+
+def _queue_fields(place: QueuePlace | None) -> dict[str, object]:
+    """The API's four queue fields of a job waiting at ``place``."""
+    assert place is not None, "a job of the snapshot's order has a place in it"
+    return {
+        "queue_position": place.position,
+        "jobs_ahead": place.jobs_ahead,
+        "waiting_reason": place.reason,
+        "queue_as_of": place.as_of,
+    }

@@ -127,12 +127,13 @@ def listed_jobs_json(listed: Sequence[ListedJob], queue: QueueSnapshot, *, every
     """The jobs of a listing as a JSON array, each as :func:`job_json` writes it with
     ``listing=True``: the object the ledger wrote, completed with its queue fields. The listing is
     the service's largest answer, and its jobs are never made into Python objects: each is the
-    ledger's bytes with the snapshot's bytes appended."""
-    parts = []
+    ledger's text with the snapshot's text of its queue fields put in."""
+    queued = JobState.queued.value
+    objects = []
     for job in listed:
-        members = queue.json_members(job.id, everyone) if job.state == JobState.queued else NOT_WAITING_JSON
-        parts.append(job.json_object[:-1] + b"," + members + b"}")
-    return b"[" + b",".join(parts) + b"]"
+        members = queue.json_members(job.id, everyone) if job.state == queued else NOT_WAITING_JSON
+        objects.append(f"{job.json_object[:-1]},{members}}}")
+    return ("[" + ",".join(objects) + "]").encode()
 
 
 def result_json(record: JobRecord, summary: dict[str, Any] | None) -> dict[str, Any]:

@@ -57,12 +57,17 @@ MAY_IMPORT: dict[str, set[str]] = {
     "enforce": LOWEST,
     # the sides: the hub's spawner, the companion service, the simulator
     "hub": SERVING,
-    "service": SERVING,
+    # the companion service; it sets up the checkpoints of jobs (spawner.checkpoint, stdlib only)
+    "service": SERVING | {"checkpoint"},
     "sim": SERVING,
     # the notebook side and the command line: clients of the service, never the service itself
     "client": {"core"},
+    # what a job's own code imports to save and find its checkpoint: the standard library only
+    "checkpoint": set(),
     "magic": {"core", "config", "client"},
-    "cli": SERVING | {"sim", "client"},
+    "cli": SERVING | {"sim", "client", "kube_cli"},
+    # `gpuslice k8s ...`: prints the manifests the spawner and the Job executor would create
+    "kube_cli": SERVING,
 }
 """The ``spawner`` packages (and top-level modules) each package may import, besides itself."""
 

@@ -1,8 +1,8 @@
 """Where GPUs come from: NVML on this host, a static YAML file, or simulated demo GPUs.
 
 Every source answers with ``list[spawner.core.units.Node]``; :class:`Inventory` picks the source
-from configuration. :mod:`.kube` reads Kubernetes Node objects the same way, for a Kubernetes source
-that :class:`Inventory` does not offer yet. Nothing here allocates: the allocator in
+from configuration. :mod:`.kube` reads Kubernetes Node objects the same way (source "kubernetes"),
+and follows them by a watch while the service runs. Nothing here allocates: the allocator in
 ``spawner/service`` owns the GPUs.
 """
 

@@ -28,14 +28,15 @@ from spawner.core.units import Node
 from spawner.core.vocabulary import DEV_POOL, TRAIN_POOL
 
 from . import nvml, simulated, static
-from .base import InventoryConfigError, PoolRule, log, parse_pools
+from .base import POOL_LABEL, InventoryConfigError, PoolRule, log, parse_pools
+from .kube import ClusterNodes, kube_api_client
 
 
 class Inventory(Configurable):
     """Where the allocator's GPUs come from, configured as ``c.Inventory.*``."""
 
     source = CaselessStrEnum(
-        ["auto", "nvml", "static", "simulated"],
+        ["auto", "nvml", "static", "simulated", "kubernetes"],
         default_value="auto",
         help="""
         Where GPUs come from.
@@ -43,6 +44,9 @@ class Inventory(Configurable):
         - "nvml": this host's NVIDIA GPUs, read through NVML; none if the driver is missing.
         - "static": the YAML file in `static_path` (for GPUs the hub cannot see itself).
         - "simulated": demo GPUs on this host, labelled simulated, for machines without a GPU.
+        - "kubernetes": the GPU nodes of the cluster (Node objects and their GPU feature-discovery
+          labels, pools from the `kube_pool_label` label), kept current by a watch while the
+          service runs; a node that leaves fails the jobs and frees the leases on it.
         - "auto": NVML; if it finds no GPU, the static file when `static_path` is set, else
           simulated demo GPUs.
         """,
@@ -52,6 +56,32 @@ class Inventory(Configurable):
         "",
         help="""
         Node name for GPUs found on this host (NVML and simulated). Empty means the host name.
+        """,
+    ).tag(config=True)
+
+    kubeconfig = Unicode(
+        "",
+        help="""
+        A kubeconfig file to read the cluster's nodes with (source "kubernetes"); empty: the
+        in-cluster service account when running in a pod, else $KUBECONFIG or ~/.kube/config.
+        """,
+    ).tag(config=True)
+
+    kube_pool_label = Unicode(
+        POOL_LABEL,
+        help="""
+        The node label naming a Kubernetes node's GPU pools (source "kubernetes"): "dev", "train"
+        or "dev,train"; a GPU node without it joins `default_pools`.
+        """,
+    ).tag(config=True)
+
+    kube_node_labels = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        help="""
+        Labels a Kubernetes node must carry for its GPUs to be gpuslice's (source "kubernetes"),
+        e.g. {"gpuslice.io/managed": "true"} where other GPU nodes of the cluster belong to other
+        tenants. Empty: every GPU node.
         """,
     ).tag(config=True)
 
@@ -176,6 +206,9 @@ class Inventory(Configurable):
             return self._static()
         if self.source == "simulated":
             return self._simulated()
+        if self.source == "kubernetes":
+            # A worker thread's own event loop (discover_async reads the cluster on the caller's).
+            return asyncio.run(self._kube_nodes())
         nodes = self._nvml()
         if any(node.gpus for node in nodes):
             return nodes
@@ -193,7 +226,44 @@ class Inventory(Configurable):
 
     async def discover_async(self) -> list[Node]:
         """:meth:`discover` in a worker thread, so the service's event loop is never blocked."""
+        if self.source == "kubernetes":
+            return await self._kube_nodes()
         return await asyncio.to_thread(self.discover)
+
+    async def cluster_nodes(self) -> ClusterNodes:
+        """The cluster's nodes (source "kubernetes"), read once: its ``nodes`` are the GPU nodes
+        now, and its ``watch()`` follows them. The caller closes its ``api_client`` when done.
+
+        Raises :class:`InventoryConfigError` when the cluster cannot be reached or refuses to list
+        its nodes, naming the kubeconfig, since a service without its GPUs cannot serve.
+        """
+        try:
+            api_client = await kube_api_client(self.kubeconfig)
+        except Exception as error:
+            where = self.kubeconfig or "the in-cluster service account, $KUBECONFIG or ~/.kube/config"
+            raise InventoryConfigError(
+                "Inventory", [f"Inventory.source is \"kubernetes\" but {where} could not be read: {error}"]
+            ) from error
+        cluster = ClusterNodes(
+            api_client,
+            pool_label=self.kube_pool_label,
+            default_pools=parse_pools(self.default_pools),
+            node_labels=self.kube_node_labels,
+        )
+        try:
+            await cluster.list()
+        except Exception as error:
+            await api_client.close()
+            host = api_client.configuration.host
+            raise InventoryConfigError(
+                "Inventory", [f"the nodes of the Kubernetes cluster at {host} could not be listed: {error}"]
+            ) from error
+        return cluster
+
+    async def _kube_nodes(self) -> list[Node]:
+        cluster = await self.cluster_nodes()
+        await cluster.api_client.close()
+        return list(cluster.nodes.values())
 
     def _nvml(self) -> list[Node]:
         return nvml.discover(node_name=self.node_name or None, pools=self.pool_rule)

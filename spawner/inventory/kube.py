@@ -10,9 +10,11 @@ with it and keeps them current by a watch (tests/kube runs it against a real API
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 from spawner.core.units import DEFAULT_POOLS, GPU, Node
@@ -60,9 +62,36 @@ def parse_quantity(quantity: str | int | float) -> Decimal:
         raise ValueError(f"{quantity!r} is not a Kubernetes quantity") from error
 
 
+KUBE_UUID_PREFIX = "GPU-kube-"
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
 def kube_uuid(node_name: str, index: int) -> str:
     """A stable placeholder uuid: Node objects do not carry GPU UUIDs, only counts and models."""
-    return f"GPU-kube-{node_name}-{index}"
+    return f"{KUBE_UUID_PREFIX}{node_name}-{index}"
+
+
+def node_of_kube_uuid(uuid: str) -> str | None:
+    """The node name in a :func:`kube_uuid` (None for any other uuid), so that a run placed on
+    these GPUs can be pinned to the node the allocator chose."""
+    if not uuid.startswith(KUBE_UUID_PREFIX):
+        return None
+    node, _, index = uuid.removeprefix(KUBE_UUID_PREFIX).rpartition("-")
+    return node if node and index.isdigit() else None
+
+
+async def kube_api_client(kubeconfig: str = "") -> Any:
+    """A ``kubernetes_asyncio`` API client: from ``kubeconfig`` if given; else the pod's service
+    account when running in a cluster, else $KUBECONFIG or ~/.kube/config. The caller closes it."""
+    from kubernetes_asyncio import client, config
+
+    configuration = client.Configuration()
+    in_cluster = await asyncio.to_thread(Path(SERVICE_ACCOUNT_TOKEN).exists)
+    if kubeconfig or not in_cluster:
+        await config.load_kube_config(config_file=kubeconfig or None, client_configuration=configuration)
+    else:
+        config.load_incluster_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
 
 
 def nodes_from_kube(
@@ -186,11 +215,14 @@ class ClusterNodes:
     """The cluster's nodes as gpuslice sees them, listed once and kept current by a watch.
 
     ``nodes`` maps each node's name to its :class:`~spawner.core.units.Node` (GPUs from the
-    feature-discovery labels, see :func:`nodes_from_kube`). A node deleted from the cluster, or
-    cordoned, leaves the map and ``on_node_gone(name)`` is awaited, so that its owner can fail
-    and free the leases on it at once rather than when their pods' deletion is noticed. The watch
-    resumes from the last resource version it saw, and lists again when the API server says that
-    version is too old (HTTP 410), as client-go's reflector does.
+    feature-discovery labels, see :func:`nodes_from_kube`). Any change of the map (a node added,
+    its GPUs changed, a node cordoned or deleted) awaits ``on_change()``, so that its owner keeps
+    a copy (the ledger's inventory) the same: a cordoned node leaves the map (nothing new goes
+    there) while what runs on it goes on. A node deleted from the cluster also awaits
+    ``on_node_gone(name)``, before ``on_change()``: nothing runs there any more, so its owner can
+    fail and free the leases on it at once rather than when their pods' deletion is noticed. The
+    watch resumes from the last resource version it saw, and lists again when the API server says
+    that version is too old (HTTP 410), as client-go's reflector does.
     """
 
     def __init__(
@@ -200,15 +232,25 @@ class ClusterNodes:
         pool_label: str = POOL_LABEL,
         default_pools: frozenset[str] = DEFAULT_POOLS,
         on_node_gone: Any = None,
+        on_change: Any = None,
+        node_labels: Mapping[str, str] | None = None,
     ) -> None:
         self.api_client = api_client
+        self.node_labels = dict(node_labels or {})
+        """Only nodes with all these labels are gpuslice's (none: every GPU node)."""
         self.pool_label = pool_label
         self.default_pools = default_pools
         self.on_node_gone = on_node_gone
+        self.on_change = on_change
         self.nodes: dict[str, Node] = {}
+        self.in_cluster: set[str] = set()
+        """The names of every Node object seen and not deleted (cordoned and GPU-less ones too)."""
         self.resource_version = ""
 
     def _parse(self, node_object: Mapping[str, Any]) -> Node | None:
+        labels = node_object.get("metadata", {}).get("labels") or {}
+        if any(labels.get(key) != value for key, value in self.node_labels.items()):
+            return None  # not gpuslice's; one that stops matching leaves as a cordoned one does
         parsed = nodes_from_kube([node_object], pool_label=self.pool_label, default_pools=self.default_pools)
         return parsed[0] if parsed else None
 
@@ -219,19 +261,27 @@ class ClusterNodes:
         response = await client.CoreV1Api(self.api_client).list_node(_preload_content=False)
         node_list = await response.json()
         self.resource_version = node_list["metadata"].get("resourceVersion", "")
-        listed = {}
+        listed, in_cluster = {}, set()
         for node_object in node_list.get("items", []):
+            in_cluster.add(node_object["metadata"]["name"])
             node = self._parse(node_object)
             if node is not None:
                 listed[node.name] = node
-        gone = set(self.nodes) - set(listed)
-        self.nodes = listed
-        for name in sorted(gone):
+        deleted = self.in_cluster - in_cluster
+        changed = listed != self.nodes
+        self.nodes, self.in_cluster = listed, in_cluster
+        for name in sorted(deleted):
             await self._gone(name)
+        if changed:
+            await self._changed()
         return list(listed.values())
 
+    async def _changed(self) -> None:
+        if self.on_change is not None:
+            await self.on_change()
+
     async def _gone(self, name: str) -> None:
-        log.warning("node %s left the cluster (or was cordoned); its GPUs leave the inventory", name)
+        log.warning("node %s was deleted from the cluster; what ran there has ended", name)
         if self.on_node_gone is not None:
             await self.on_node_gone(name)
 
@@ -241,12 +291,22 @@ class ClusterNodes:
         version = node_object.get("metadata", {}).get("resourceVersion")
         if version:
             self.resource_version = version
-        node = None if event_type == "DELETED" else self._parse(node_object)
-        if node is not None:
-            self.nodes[name] = node
-        elif name in self.nodes:
-            del self.nodes[name]
+        if event_type == "DELETED":
+            self.in_cluster.discard(name)
+            known = self.nodes.pop(name, None)
             await self._gone(name)
+            if known is not None:
+                await self._changed()
+            return
+        self.in_cluster.add(name)
+        node = self._parse(node_object)
+        if node is not None and self.nodes.get(name) != node:
+            self.nodes[name] = node
+            await self._changed()
+        elif node is None and name in self.nodes:
+            del self.nodes[name]
+            log.info("node %s was cordoned (or lost its GPUs): nothing new is placed there", name)
+            await self._changed()
 
     async def watch(self, timeout_seconds: int = 300) -> None:
         """Follow the nodes until cancelled: list, then apply every watch event, resuming as it ends."""

@@ -94,6 +94,8 @@ class Ledger:
         """Taken by every write transaction of this process (see :meth:`_write`)."""
         self._nodes: tuple[Node, ...] | None = None
         """The present nodes as this ledger's last :meth:`sync_inventory` left them (see :meth:`nodes`)."""
+        self._inventory_syncs = 0
+        """Syncs ended so far: a read of the nodes that a sync overtook is not kept (see :meth:`nodes`)."""
 
     def __repr__(self) -> str:
         return f"Ledger({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -224,6 +226,7 @@ class Ledger:
         try:
             return self._write(work)
         finally:
+            self._inventory_syncs += 1
             self._nodes = None  # read again, after the sync's commit
 
     def nodes(self) -> list[Node]:
@@ -231,12 +234,18 @@ class Ledger:
 
         Read once and then kept: every job submission checks its gang against the largest node,
         and the inventory changes only through :meth:`sync_inventory`, which the one service
-        owning the ledger calls (at its start) and which forgets the copy. Grants do not use it:
+        owning the ledger calls (at its start, and whenever a cluster it follows changes its
+        nodes) and which forgets the copy. Grants do not use it:
         they read the nodes inside their locked transaction.
         """
         nodes = self._nodes
         if nodes is None:
-            nodes = self._nodes = tuple(self._read(_present_nodes))
+            syncs = self._inventory_syncs
+            nodes = tuple(self._read(_present_nodes))
+            if syncs == self._inventory_syncs:
+                # Kept only if no sync ended while it was read (a service following a cluster
+                # syncs while the API reads): a read from before that sync would be kept for ever.
+                self._nodes = nodes
         return list(nodes)
 
     # ---------------------------------------------------------------------------- allocation

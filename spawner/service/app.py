@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuth
 from tornado import web
-from traitlets import Bool, Float, Int, TraitError, Unicode, default, validate
+from traitlets import Bool, Float, Int, TraitError, Type, Unicode, default, validate
 from traitlets.config import Application
 
 from spawner.config.profiles import ProfileConfigError, load_profiles
@@ -41,7 +41,7 @@ from .api import NotFoundHandler, route_pattern
 from .api import default_handlers as api_handlers
 from .body_limit import ServiceWebApplication
 from .checkpoints import CheckpointRetention
-from .executor import LocalExecutor
+from .executor import Executor, LocalExecutor
 from .hub_users import HubUserDirectory
 from .job_request import (
     DEFAULT_MAX_TIME_LIMIT_S,
@@ -54,7 +54,7 @@ from .lifetime import PidFile, ServiceAlreadyRunning
 from .log_filter import TORNADO_LOGS, EscapeControls
 from .pages import STATIC_DIR, page_routes
 from .paths import state_dir
-from .reconcile import LeaseReconciler
+from .reconcile import LeaseReconciler, NodeLossReconciler
 from .scheduling import BatchScheduler
 from .telemetry import GPUMonitor
 from .telemetry.culling import IdleCuller
@@ -78,6 +78,7 @@ class GPUSliceService(Application):
         HubUserDirectory,
         HubOAuth,
         LeaseReconciler,
+        NodeLossReconciler,
         JobService,
         LocalExecutor,
         BatchScheduler,
@@ -86,6 +87,10 @@ class GPUSliceService(Application):
         IdleCuller,
         MPSDaemons,
     ]
+
+    cluster = None
+    """The cluster's nodes (``spawner.inventory.kube.ClusterNodes``) when the inventory's source is
+    "kubernetes": read by :meth:`prepare_allocator`, then followed by NodeLossReconciler."""
 
     @default("log_level")
     def _default_log_level(self) -> int:
@@ -266,6 +271,22 @@ class GPUSliceService(Application):
         """,
     ).tag(config=True)
 
+    executor_class = Type(
+        LocalExecutor,
+        klass=Executor,
+        help="""
+        What runs batch jobs: an Executor subclass, or its import name.
+
+        - spawner.service.executor.LocalExecutor (the default): processes on this host, on the GPUs
+          the allocator chose; runs are kept under $GPUSLICE_STATE_DIR/jobs unless
+          LocalExecutor.jobs_dir says otherwise.
+        - spawner.service.executor.kube.KubeJobExecutor: one Kubernetes Job per run on the training
+          node pool (KubeJobExecutor.*; deploy/z2jh/values.yaml). Its logs are kept under
+          $GPUSLICE_STATE_DIR/kube-job-logs and it reads the pools' node selectors from this
+          service's profiles_dir, unless KubeJobExecutor.logs_dir / profiles_dir say otherwise.
+        """,
+    ).tag(config=True)
+
     aliases = {
         "config": "GPUSliceService.config_file",
         "ledger-url": "GPUSliceService.ledger_url",
@@ -302,7 +323,12 @@ class GPUSliceService(Application):
         """Tables, inventory and profiles, each blocking step in a worker thread."""
         ledger = Ledger(self.ledger_url)
         await asyncio.to_thread(ledger.create_schema)
-        nodes = await self.inventory.discover_async()
+        if self.inventory.source == "kubernetes":
+            # Read once here and followed by a watch once the service runs (NodeLossReconciler).
+            self.cluster = await self.inventory.cluster_nodes()
+            nodes = list(self.cluster.nodes.values())
+        else:
+            nodes = await self.inventory.discover_async()
         synced = await asyncio.to_thread(ledger.sync_inventory, nodes)
         gpus = sum(len(node.gpus) for node in nodes)
         self.log.info("inventory: %d GPUs on %d nodes (%d new)", gpus, len(nodes), len(synced.added))
@@ -312,11 +338,19 @@ class GPUSliceService(Application):
         return Allocator(ledger, profiles, self.users, self.placement_policy, self.reserve_cpu_and_memory)
 
     def make_job_service(self, allocator: Allocator) -> JobService:
-        """The jobs in the ledger, run by local processes; the executor keeps its runs in
-        $GPUSLICE_STATE_DIR/jobs unless LocalExecutor.jobs_dir says otherwise."""
-        executor = LocalExecutor(parent=self)
-        if "jobs_dir" not in self.config.get("LocalExecutor", {}):
-            executor.jobs_dir = str(state_dir() / "jobs")
+        """The jobs in the ledger, run by ``executor_class``; where the executor keeps what
+        outlives a run (local runs, Job logs) defaults to $GPUSLICE_STATE_DIR, and its profiles
+        (the Job executor's pools) to this service's, unless its own configuration says otherwise."""
+        executor = self.executor_class(parent=self)
+        configured = self.config.get(type(executor).__name__, {})
+        service_defaults = {
+            "jobs_dir": str(state_dir() / "jobs"),
+            "logs_dir": str(state_dir() / "kube-job-logs"),
+            "profiles_dir": self.profiles_dir,
+        }
+        for name, value in service_defaults.items():
+            if executor.has_trait(name) and name not in configured:
+                setattr(executor, name, value)
         return JobService(JobStore(allocator.ledger), allocator, executor, parent=self)
 
     def cookie_secret(self) -> bytes:
@@ -385,6 +419,10 @@ class GPUSliceService(Application):
             url.port or 80, url.hostname or "127.0.0.1", max_body_size=web_app.settings["max_body_bytes"]
         )
         reconciling = LeaseReconciler(parent=self).start(allocator, self.users)
+        cluster = self.cluster
+        following = None
+        if cluster is not None:  # the inventory is a cluster's nodes: follow them
+            following = NodeLossReconciler(parent=self).start(cluster, allocator, jobs)
         scheduling = scheduler.start()
         # Checkpoints of jobs that ended long ago go; the jobs' results stay.
         pruning = CheckpointRetention(parent=self).start(jobs)
@@ -406,6 +444,9 @@ class GPUSliceService(Application):
                 watching.cancel()
             if reconciling is not None:
                 reconciling.stop()
+            if following is not None:
+                following.cancel()
+                await cluster.api_client.close()
             scheduler.stop()
             pruning.stop()
             scheduling.cancel()
@@ -416,6 +457,8 @@ class GPUSliceService(Application):
                 mps_watching.cancel()
             await mps.stop_async()
             server.stop()
+            if hasattr(jobs.executor, "close"):
+                await jobs.executor.close()  # the Job executor's API client
             allocator.ledger.close()
             self._remove_pid_file()
 

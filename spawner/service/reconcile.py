@@ -11,6 +11,11 @@ and the API refuses any other lease), and is released once that has passed, whet
 is reachable. Leases of batch jobs are never touched here: the scheduler gives them back. An
 interactive lease with neither (granted before expiries existed) is logged once, for an admin to
 release.
+
+With the inventory read from a Kubernetes cluster (``Inventory.source = "kubernetes"``),
+:class:`NodeLossReconciler` keeps the ledger's inventory the cluster's, and when a node is deleted
+fails the batch jobs that ran there and frees every lease on it, batch or interactive: nothing runs
+on a deleted node, so waiting for each holder to notice would only keep its GPUs counted as taken.
 """
 
 from __future__ import annotations
@@ -18,16 +23,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from tornado.ioloop import PeriodicCallback
 from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
 from spawner.core.units import Lease, WorkloadClass
-from spawner.core.vocabulary import holder_expiry, server_of_holder
+from spawner.core.vocabulary import JobState, holder_expiry, server_of_holder
 
 from .allocator import Allocator
 from .hub_users import HubUserDirectory
+
+if TYPE_CHECKING:
+    from spawner.inventory.kube import ClusterNodes
+
+    from .jobs import JobService
 
 
 def server_of(lease: Lease) -> tuple[str, str] | None:
@@ -168,3 +179,76 @@ class LeaseReconciler(LoggingConfigurable):
         callback.start()
         asyncio.get_running_loop().create_task(tick())
         return callback
+
+
+def node_gone_reason(node: str) -> str:
+    """Why a job on a deleted node failed, as its events and the log say it."""
+    return f"node {node} was deleted from the cluster while the job ran there"
+
+
+class NodeLossReconciler(LoggingConfigurable):
+    """Follows the cluster's nodes (Inventory source "kubernetes") into the ledger: new and changed
+    nodes join the inventory, cordoned ones leave it (their leases stay, what runs there goes on),
+    and a deleted node's batch jobs fail and every lease on it is freed."""
+
+    retry_seconds = Float(
+        5.0,
+        help="""
+        How long (seconds) to wait before following the nodes again when the watch failed (the API
+        server restarting, say); the list that starts it again catches up on what was missed.
+        """,
+    ).tag(config=True)
+
+    def start(self, cluster: ClusterNodes, allocator: Allocator, jobs: JobService) -> asyncio.Task:
+        """Follow ``cluster`` until the task is cancelled; failures are logged, never fatal."""
+
+        async def changed() -> None:
+            await self.sync(cluster, allocator)
+
+        async def gone(name: str) -> None:
+            await self.node_gone(name, cluster, allocator, jobs)
+
+        cluster.on_change, cluster.on_node_gone = changed, gone
+        return asyncio.get_running_loop().create_task(self._follow(cluster))
+
+    async def _follow(self, cluster: ClusterNodes) -> None:
+        while True:
+            try:
+                await cluster.watch()
+            except Exception:
+                self.log.exception("following the cluster's nodes failed; again in %ss", self.retry_seconds)
+            await asyncio.sleep(self.retry_seconds)
+
+    async def sync(self, cluster: ClusterNodes, allocator: Allocator) -> None:
+        """Make the ledger's inventory the cluster's GPU nodes as they are now."""
+        synced = await asyncio.to_thread(allocator.ledger.sync_inventory, list(cluster.nodes.values()))
+        if synced.added or synced.removed:
+            self.log.info(
+                "inventory from the cluster: %d GPUs added, %d gone", len(synced.added), len(synced.removed)
+            )
+
+    async def node_gone(
+        self, node: str, cluster: ClusterNodes, allocator: Allocator, jobs: JobService
+    ) -> list[Lease]:
+        """Fail the running batch jobs on the deleted ``node`` and free every lease on it; returns
+        the leases freed. The node leaves the ledger's inventory first, so nothing is placed there
+        meanwhile; the job service's lock keeps a scheduling pass from starting a job on it."""
+        await self.sync(cluster, allocator)
+        reason = node_gone_reason(node)
+        freed = []
+        async with jobs.lock:
+            for record in await jobs.running():
+                if record.node == node:
+                    await jobs.finish(record, JobState.failed, reason, exit_code=None)
+            for lease in await allocator.leases(None):
+                if lease.placement.node == node and await allocator.release(lease.id) is not None:
+                    freed.append(lease)
+        for lease in freed:
+            self.log.warning(
+                "released lease %s of %s (holder %r): node %s was deleted from the cluster",
+                lease.id,
+                lease.user,
+                lease.holder,
+                node,
+            )
+        return freed

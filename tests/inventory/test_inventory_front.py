@@ -149,7 +149,7 @@ def test_gpu_pools_by_index_win_over_train_gpu_indices(fixed_host):
         ("default_pools", ["nightly"], "unknown pool 'nightly'"),
         ("default_pools", [], "at least one pool"),
         ("gpu_pools", {"0": "trian"}, "Inventory.gpu_pools['0']: unknown pool 'trian'"),
-        ("source", "kubernetes", "source"),
+        ("source", "slurm", "source"),
         ("simulated_gpu_count", 0, "simulated_gpu_count"),
     ],
 )

@@ -76,7 +76,8 @@ def executor(kubeconfig: str, tmp_path: Path, node_selector: dict[str, str] | No
     )
 
 
-def spec(gpus: int = 2, time_limit_s: float = 3600) -> ExecutionSpec:
+def spec(gpus: int = 2, time_limit_s: float = 3600, node: str = TRAIN_NODES[0]) -> ExecutionSpec:
+    """A run on ``gpus`` GPUs of ``node`` (the executor pins the pod to the node they are on)."""
     job_id = f"job-{uuid.uuid4().hex[:10]}"
     return ExecutionSpec(
         job_id=job_id,
@@ -84,7 +85,7 @@ def spec(gpus: int = 2, time_limit_s: float = 3600) -> ExecutionSpec:
         argv=["python", "-m", "spawner.service.runner", f"/srv/gpuslice/jobs/{job_id}/cell.json"],
         workdir="/home/jovyan",
         environment={"GPUSLICE_RESULTS": f"/srv/gpuslice/jobs/{job_id}/results"},
-        gpu_uuids=[f"GPU-kube-{TRAIN_NODES[0]}-{index}" for index in range(gpus)],
+        gpu_uuids=[f"GPU-kube-{node}-{index}" for index in range(gpus)],
         time_limit_s=time_limit_s,
     )
 
@@ -292,7 +293,7 @@ def test_a_node_deleted_under_a_running_job_makes_it_lost(cluster, tmp_path):
             await make_node(core, doomed)
         run = executor(cluster, tmp_path, {POOL_LABEL: "train", "gpuslice.test/doomed": "true"})
         try:
-            job = spec(gpus=4)
+            job = spec(gpus=4, node="gpuslice-train-doomed")
             await run.start(job)
             pod = await running_pod(run, job.job_id)
             assert pod["spec"]["nodeName"] == "gpuslice-train-doomed"

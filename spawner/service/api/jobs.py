@@ -8,6 +8,8 @@ say nothing about who owns what.
 from __future__ import annotations
 
 import contextlib
+import hmac
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -15,13 +17,17 @@ from typing import Any
 from spawner.core.vocabulary import CELL_PAYLOAD, STATES, TERMINAL_STATES, JobState
 from spawner.ledger.jobs import JobRecord, JobStateError
 
+from .. import job_files
+from ..executor.kube import payload_token
 from ..hub_users import UnknownUserError
 from ..job_files import UntrustedFile
 from ..job_request import JobBody, JobBodyError, parse_job_body, shown
 from ..jobs import BatchRefused
+from ..payload import PAYLOAD_FILE, job_key
+from ..runs import run_id
 from ..serialize import job_json, listed_jobs_json, result_json, to_json
 from ..submissions import IDEMPOTENCY_HEADER, IdempotencyConflict, parse_idempotency_key
-from .base import APIHandler, api_error
+from .base import APIHandler, PublicHandler, api_error
 
 DEFAULT_LIST_LIMIT = 500
 """How many of the newest jobs ``GET jobs`` returns unless ``limit`` says otherwise."""
@@ -281,6 +287,49 @@ class JobResultValuesHandler(JobsAPIHandler):
         self.finish(values)
 
 
+class JobPayloadHandler(PublicHandler):
+    """The signed payload of a cell job, for its runner in a Kubernetes Job's pod (see
+    ``KubeJobExecutor.payload_service_url``).
+
+    Authenticated by the token of the job's current run alone (``Authorization: token <run token>``,
+    :func:`..executor.kube.payload_token`), never by a hub token: the pod holds no hub credential,
+    and its token opens this one payload while that run is starting or running, nothing else. Any
+    other token, job or moment gets the same 403, so the endpoint tells nobody which jobs exist.
+    """
+
+    async def get(self, job_id: str) -> None:
+        jobs = self.settings["jobs"]
+        presented = self.request.headers.get("Authorization", "").partition(" ")[2].strip()
+        record = await jobs.get(job_id)
+        if not presented or record is None or not await self._opens(jobs, record, presented):
+            raise api_error(
+                403,
+                f"this token opens no payload of job {job_id}: the payload is fetched with the token "
+                "of the job's current run (GPUSLICE_PAYLOAD_TOKEN in its pod), never a hub token",
+            )
+        uid = jobs.executor.job_uid(record.owner)
+        directory_owners = {os.geteuid()} | ({uid} if uid is not None else set())
+        payload = await jobs.call(
+            job_files.read_file,
+            jobs.job_files_dir(record.id),
+            (PAYLOAD_FILE,),
+            owners={os.geteuid()},
+            directory_owners=directory_owners,
+        )
+        self.set_header("Content-Type", "application/json")
+        self.finish(payload)
+
+    @staticmethod
+    async def _opens(jobs: Any, record: JobRecord, presented: str) -> bool:
+        """Whether ``presented`` is the token of the run the job is in (running) or starting
+        (queued, its next run being launched), for a cell job."""
+        if record.payload_kind != CELL_PAYLOAD or record.state not in (JobState.queued, JobState.running):
+            return False
+        key = job_key(await jobs.call(jobs.master_key), record.id)
+        run = run_id(record) if record.state == JobState.running else run_id(record, record.attempts + 1)
+        return hmac.compare_digest(presented, payload_token(key, run or ""))
+
+
 default_handlers = [
     ("jobs", JobsHandler),
     ("jobs/batch", JobsBatchHandler),
@@ -289,4 +338,5 @@ default_handlers = [
     ("jobs/{job_id}/logs", JobLogsHandler),
     ("jobs/{job_id}/result", JobResultHandler),
     ("jobs/{job_id}/result/values", JobResultValuesHandler),
+    ("jobs/{job_id}/payload", JobPayloadHandler),
 ]

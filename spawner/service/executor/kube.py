@@ -17,18 +17,27 @@ a restarted service finds every run again by its labels:
   without an exit code (its node deleted) is ``lost``. ``follow`` streams every Job's status as it
   changes, from a watch, for a service that reacts to ends rather than asking.
 - logs: read from the API while the pod exists and copied to ``logs_dir``, so they outlive it.
+- payload (with ``payload_service_url``): a cell job's runner fetches its signed payload from the
+  service (``GET api/v1/jobs/{id}/payload``) with a token scoped to that job and run
+  (:func:`payload_token`), into a volume of the pod's own, rather than reading it from the job
+  files volume; ``python -m spawner.service.executor.kube fetch-payload`` does it in the pod.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
+import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, List, Unicode, default
+from traitlets import Bool, Float, List, Unicode, default
 
 from spawner.config.kube_backends import PoolBackend
 from spawner.config.profiles import load_profiles
@@ -44,7 +53,9 @@ from spawner.enforce.kube_objects import (
     label_value,
     make_job,
 )
+from spawner.inventory.kube import kube_api_client, node_of_kube_uuid
 
+from ..payload import KEY_VARIABLE, PAYLOAD_FILE
 from .base import (
     ExecutionSpec,
     ExecutionState,
@@ -54,9 +65,15 @@ from .base import (
     execution_environment,
 )
 
+PAYLOAD_URL_VARIABLE = "GPUSLICE_PAYLOAD_URL"
+PAYLOAD_TOKEN_VARIABLE = "GPUSLICE_PAYLOAD_TOKEN"
+PAYLOAD_MOUNT_PATH = "/var/run/gpuslice/payload"
+"""Where a fetched payload is written in the pod: an emptyDir, the pod's own (the runner writes
+the cell's local modules beside it)."""
+EXIT_NO_PAYLOAD = 3
+"""The runner's exit code for a payload it cannot use (spawner.service.runner.EXIT_BAD_PAYLOAD)."""
 STOPPED_ANNOTATION = "gpuslice.io/stopped"
 """Set on a Job before its pods are deleted: the run ended because it was asked to, not by itself."""
-SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 SIGTERM_EXIT = -15
 """How :class:`ExecutionStatus` writes an end by SIGTERM when no container exit code was recorded."""
 
@@ -122,6 +139,15 @@ class KubeJobExecutor(Executor):
         help="Where the job files volume is mounted: the same path as the service's scripts_dir.",
     ).tag(config=True)
 
+    payload_service_url = Unicode(
+        "",
+        help="""The service's URL as Jobs' pods reach it (e.g. http://hub:10101/services/gpuslice/).
+        Set: a cell job's runner fetches its signed payload from GET api/v1/jobs/{id}/payload with
+        a token that opens that job's payload for that run only (never a hub token), into a volume
+        of its own pod; the job files volume then holds only results and checkpoints. Empty: the
+        runner reads the payload from the job files volume.""",
+    ).tag(config=True)
+
     local_queue = Unicode(
         "",
         help="""Kueue mode: the LocalQueue Jobs are labelled with. Each Job is created suspended
@@ -140,8 +166,17 @@ class KubeJobExecutor(Executor):
         the container's PID 1.""",
     ).tag(config=True)
 
+    deleted_node_grace_seconds = Float(
+        5.0,
+        help="""How long (seconds) a run whose node was deleted still counts as running before
+        `status` says it is lost. The service's node watch (Inventory source "kubernetes") fails such
+        a run at once, saying which node went; this leaves it the time to, so that the job's reason
+        names the node, while a service without that watch still learns of the loss.""",
+    ).tag(config=True)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._deleted_nodes: dict[str, float] = {}  # node name -> when first found deleted (monotonic)
         self._api_client: Any = None
         self._api_lock = asyncio.Lock()
 
@@ -149,19 +184,9 @@ class KubeJobExecutor(Executor):
 
     async def api_client(self) -> Any:
         """One API client for the executor's life, configured on first use."""
-        from kubernetes_asyncio import client, config
-
         async with self._api_lock:
             if self._api_client is None:
-                configuration = client.Configuration()
-                in_cluster = await asyncio.to_thread(Path(SERVICE_ACCOUNT_TOKEN).exists)
-                if self.kubeconfig or not in_cluster:
-                    await config.load_kube_config(
-                        config_file=self.kubeconfig or None, client_configuration=configuration
-                    )
-                else:
-                    config.load_incluster_config(client_configuration=configuration)
-                self._api_client = client.ApiClient(configuration)
+                self._api_client = await kube_api_client(self.kubeconfig)
             return self._api_client
 
     async def close(self) -> None:
@@ -195,10 +220,22 @@ class KubeJobExecutor(Executor):
         environment = execution_environment(spec)
         # The device plugin gives the container its GPUs, numbered from 0: host UUIDs would hide them.
         environment.pop("CUDA_VISIBLE_DEVICES", None)
+        argv = list(spec.argv)
+        if self.payload_service_url and KEY_VARIABLE in environment and argv[-1].endswith(PAYLOAD_FILE):
+            # The runner's payload, fetched with the run's token into the pod's own volume first.
+            fetched = f"{PAYLOAD_MOUNT_PATH}/{PAYLOAD_FILE}"
+            service = self.payload_service_url.rstrip("/")
+            environment[PAYLOAD_URL_VARIABLE] = f"{service}/api/v1/jobs/{job_of_run(spec.job_id)}/payload"
+            environment[PAYLOAD_TOKEN_VARIABLE] = payload_token(
+                bytes.fromhex(environment[KEY_VARIABLE]), spec.job_id
+            )
+            argv = [argv[0], "-m", __name__, "fetch-payload", fetched, "--", *argv[:-1], fetched]
+            volumes.append({"name": "payload", "emptyDir": {}})
+            mounts.append({"name": "payload", "mountPath": PAYLOAD_MOUNT_PATH})
         job_spec = JobSpec(
             job_id=spec.job_id,
             owner=spec.owner,
-            argv=spec.argv,
+            argv=argv,
             workdir=spec.workdir,
             environment=environment,
             gpus=len(spec.gpu_uuids),
@@ -213,7 +250,13 @@ class KubeJobExecutor(Executor):
             init=tuple(self.init_command),
         )
         home = HomeVolume(self.home_claim_template, self.home_mount_path) if self.mount_home else None
-        return make_job(job_spec, self.train_pool(), home)
+        manifest = make_job(job_spec, self.train_pool(), home)
+        node = placed_node(spec.gpu_uuids)
+        if node is not None:
+            # The node the allocator chose, so that the ledger's placement (which the service
+            # fails and frees when that node is deleted) is where the pod really runs.
+            manifest["spec"]["template"]["spec"]["affinity"] = node_affinity(node)
+        return manifest
 
     # -- the interface -------------------------------------------------------------------------
 
@@ -283,8 +326,11 @@ class KubeJobExecutor(Executor):
             if not node or (pod.get("status") or {}).get("phase") not in ("Pending", "Running"):
                 continue
             if await _json_or_none(await core.read_node(node, _preload_content=False)) is None:
-                self.log.warning("gpuslice: node %s of pod %s was deleted", node, pod["metadata"]["name"])
-                return True
+                now = asyncio.get_running_loop().time()
+                first_seen = self._deleted_nodes.setdefault(node, now)
+                if now - first_seen >= self.deleted_node_grace_seconds:
+                    self.log.warning("gpuslice: node %s of pod %s was deleted", node, pod["metadata"]["name"])
+                    return True
         return False
 
     async def request_stop(self, job_id: str, grace_s: float | None = None) -> bool:
@@ -398,6 +444,70 @@ class KubeJobExecutor(Executor):
         return await asyncio.to_thread(_read, path, offset, limit)
 
 
+def payload_token(job_key: bytes, run: str) -> str:
+    """The token that lets run ``run`` of a job fetch the job's payload: an HMAC of the run's id
+    under the job's key (itself an HMAC of the job's id under the service's master key). It opens
+    that one job's payload, for that run only, and the service keeps no list of tokens: it
+    derives the token again when asked."""
+    return hmac.new(job_key, b"gpuslice-payload-token\0" + run.encode(), hashlib.sha256).hexdigest()
+
+
+def job_of_run(run: str) -> str:
+    """The job id of a run id, which ``spawner.service.runs.run_id`` writes ``<job id>-<attempt>``."""
+    return run.rpartition("-")[0]
+
+
+def fetch_payload(url: str, token: str, path: Path) -> None:
+    """GET the payload at ``url`` with the run's ``token`` and write it to ``path``; OSError
+    (urllib's HTTPError among them, with the service's message) when it cannot."""
+    request = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            payload = response.read()
+    except urllib.error.HTTPError as error:
+        raise OSError(f"{error.code} {error.read().decode(errors='replace')[:500]}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(payload)
+
+
+def main(arguments: list[str] | None = None) -> int:
+    """``fetch-payload PATH -- COMMAND...``, in a Job's pod: fetch the payload to PATH (the URL and
+    token from the environment, then taken out of it, so the cell never sees them), then become
+    COMMAND (the runner)."""
+    arguments = sys.argv[1:] if arguments is None else arguments
+    if len(arguments) < 4 or arguments[0] != "fetch-payload" or arguments[2] != "--":
+        print(
+            "usage: python -m spawner.service.executor.kube fetch-payload PATH -- COMMAND...", file=sys.stderr
+        )
+        return 2
+    url = os.environ.pop(PAYLOAD_URL_VARIABLE, "")
+    token = os.environ.pop(PAYLOAD_TOKEN_VARIABLE, "")
+    try:
+        fetch_payload(url, token, Path(arguments[1]))
+    except (OSError, ValueError) as error:
+        print(
+            f"[gpuslice] refusing to run: the payload could not be fetched from {url!r}: {error}",
+            file=sys.stderr,
+        )
+        return EXIT_NO_PAYLOAD
+    os.execvp(arguments[3], arguments[3:])
+    return 0  # not reached: execvp replaces this process
+
+
+def placed_node(gpu_uuids: list[str]) -> str | None:
+    """The one node whose GPUs (inventory source "kubernetes") a run was given; None when they
+    are not a cluster's (or there are none: a CPU job goes wherever the scheduler puts it)."""
+    nodes = {node_of_kube_uuid(uuid) for uuid in gpu_uuids}
+    return nodes.pop() if len(nodes) == 1 and None not in nodes else None
+
+
+def node_affinity(node: str) -> dict[str, Any]:
+    """A required affinity to the node named ``node`` (by its object name, as DaemonSets pin
+    their pods: the hostname label may differ from the name)."""
+    term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}
+
+
 def job_status(job: dict[str, Any], pods: list[dict[str, Any]]) -> ExecutionStatus:
     """How a Job stands, from its conditions and its pod's container state (pure, for tests too)."""
     metadata = job.get("metadata", {})
@@ -471,3 +581,7 @@ def _read(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
         log_file.seek(offset)
         chunk = log_file.read(limit)
     return chunk, offset + len(chunk)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -150,7 +150,12 @@ c.JupyterHub.services = [
             *service_config_args(),
         ],
         "cwd": str(HERE),
-        "environment": {"GPUSLICE_STATE_DIR": str(STATE_DIR)},
+        # GPUSLICE_MPS_POOLS: the pools whose cards the service shares through one MPS daemon a
+        # card (c.MPSDaemons.pools); the hub reads the same variable (GPUSliceSpawnerMixin.mps_pools).
+        "environment": {
+            "GPUSLICE_STATE_DIR": str(STATE_DIR),
+            "GPUSLICE_MPS_POOLS": os.environ.get("GPUSLICE_MPS_POOLS", ""),
+        },
         # Its web pages (my jobs; the admins' queue, GPUs and quotas) are in the hub's "Services"
         # menu and log people in through the hub's OAuth with no confirmation page: the hub's admin
         # runs the service. The login carries the service's admin scope, or admin:users for hub
@@ -208,6 +213,8 @@ c.GPUSliceSpawnerMixin.service_public_url = f"{c.JupyterHub.bind_url.rstrip('/')
 c.GPUSliceSpawnerMixin.service_api_token = service_token()
 c.GPUSliceSpawnerMixin.profiles_dir = str(PROFILES_DIR)
 c.GPUSliceSpawnerMixin.enforcement = os.environ.get("GPUSLICE_ENFORCEMENT", "env")
+# Where the service's per-card MPS daemons live (its c.MPSDaemons.root default: <state dir>/mps).
+c.GPUSliceSpawnerMixin.mps_root = str(STATE_DIR / "mps")
 
 # How long a starting server may take to answer (seconds). JupyterHub's 30 s is short for
 # JupyterLab on a small, busy machine; a server killed for slowness gives its slice back anyway.

@@ -12,6 +12,11 @@ requested politely: ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` caps the share of SMs 
 (section "Environment Variables") gives the latter as a comma-separated list of
 ``<device>=<limit>`` pairs such as ``0=1G,1=512M``, where the device is the CUDA ordinal the client
 sees, i.e. the position in ``CUDA_VISIBLE_DEVICES``, so that is what is written here, in MiB.
+
+Where the service runs a control daemon per shared card (``MPSDaemons.pools``, given to the hub as
+:class:`CardDaemons`), a server holding a slice of such a card is pointed at that card's daemon
+(:func:`spawner.enforce.mps.card_directories`), whose limits the service sets and the user cannot
+unset; elsewhere the host-wide pair of directories (``enforcement = "mps"``) or none is used.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from importlib import resources
 from typing import Any
 
 from spawner.core.units import MILLI_PER_GPU, SIMULATED_UUID_PREFIX
+from spawner.enforce.mps import MPSDirectories, card_directories, has_card_daemon
 
 ENFORCEMENT_MODES = ("env", "mps")
 KERNELS_RESOURCE = "jupyter_data"
@@ -31,11 +37,12 @@ KERNELS_RESOURCE = "jupyter_data"
 
 
 @dataclass(frozen=True)
-class MPSSettings:
-    """Where the CUDA MPS control daemon this host runs keeps its pipes and logs."""
+class CardDaemons:
+    """The pools whose shared cards each have an MPS control daemon of the service's own
+    (``MPSDaemons.pools``) and the directory their pipes and logs are under (``MPSDaemons.root``)."""
 
-    pipe_directory: str
-    log_directory: str
+    pools: frozenset[str]
+    root: str
 
 
 def is_simulated(gpu_uuid: str) -> bool:
@@ -71,13 +78,17 @@ def slice_environment(
     gpus: Iterable[Mapping[str, Any]] = (),
     service_url: str = "",
     enforcement: str = "env",
-    mps: MPSSettings | None = None,
+    mps: MPSDirectories | None = None,
+    card_daemons: CardDaemons | None = None,
 ) -> dict[str, str]:
     """The variables a server holding ``lease`` (the REST API's JSON) starts with.
 
-    ``gpus`` are the service's GPU models (``GET gpus``), used for each card's total memory and
-    whether it is simulated; without them the memory fraction follows the compute share and the
-    simulated flag follows the uuid.
+    ``gpus`` are the service's GPU models (``GET gpus``), used for each card's total memory, its
+    pools and whether it is simulated; without them the memory fraction follows the compute share
+    and the simulated flag follows the uuid. A slice of a card with its own daemon
+    (``card_daemons``) gets that daemon's directories and MPS client limits whatever
+    ``enforcement`` says; other leases get the host-wide ``mps`` directories under
+    ``enforcement = "mps"`` and no MPS variables under ``"env"``.
     """
     if enforcement not in ENFORCEMENT_MODES:
         raise ValueError(f"enforcement must be one of {', '.join(ENFORCEMENT_MODES)}, got {enforcement!r}")
@@ -109,12 +120,39 @@ def slice_environment(
         env["GPUSLICE_SERVICE_URL"] = service_url
     if any(known.get(uuid, {}).get("simulated", is_simulated(uuid)) for uuid in uuids):
         env["GPUSLICE_SIMULATED"] = "1"
-    if enforcement == "mps":
+    daemon = card_daemon(shares, known, card_daemons)
+    if daemon is not None:
+        env.update(mps_environment(shares, daemon))
+    elif enforcement == "mps":
         env.update(mps_environment(shares, mps))
     return env
 
 
-def mps_environment(shares: list[Mapping[str, Any]], mps: MPSSettings | None) -> dict[str, str]:
+def card_daemon(
+    shares: list[Mapping[str, Any]],
+    gpus: Mapping[str, Mapping[str, Any]],
+    card_daemons: CardDaemons | None,
+) -> MPSDirectories | None:
+    """The directories of the daemon of the card a slice is on, if the service runs one for it.
+
+    Only a fraction of one card is sent there. A client reaches one daemon (one
+    ``CUDA_MPS_PIPE_DIRECTORY``) and each daemon sees one card, so a lease of several cards cannot
+    use them; and a whole card is shared with no one, while the daemon's default limits are those
+    of the smallest slice. A card missing from ``gpus`` is not known to be in an MPS pool.
+    """
+    if card_daemons is None or len(shares) != 1 or shares[0]["milli_gpu"] >= MILLI_PER_GPU:
+        return None
+    uuid = shares[0]["gpu_uuid"]
+    gpu = gpus.get(uuid)
+    if gpu is None:
+        return None
+    simulated = bool(gpu.get("simulated", is_simulated(uuid)))
+    if not has_card_daemon(gpu.get("pools", ()), simulated=simulated, mps_pools=card_daemons.pools):
+        return None
+    return card_directories(card_daemons.root, uuid)
+
+
+def mps_environment(shares: list[Mapping[str, Any]], mps: MPSDirectories | None) -> dict[str, str]:
     """The CUDA MPS client limits for ``shares``: SM percentage and pinned device memory per GPU.
 
     The thread percentage is one figure for all of a client's GPUs, so it is the largest share's,

@@ -35,11 +35,15 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 CONTROL_PROGRAM = "nvidia-cuda-mps-control"
 PID_FILE = "nvidia-cuda-mps-control.pid"
+POOLS_VARIABLE = "GPUSLICE_MPS_POOLS"
+"""The one value the service's ``MPSDaemons.pools`` and the hub's ``mps_pools`` default to, so
+that the card a daemon is started for and the card a server is sent to are chosen alike."""
 
 
 class MPSError(RuntimeError):
@@ -62,6 +66,43 @@ class MPSLimits:
             )
 
 
+@dataclass(frozen=True)
+class MPSDirectories:
+    """Where one MPS control daemon keeps its pipes and logs: what each of its clients must be
+    given as ``CUDA_MPS_PIPE_DIRECTORY`` and ``CUDA_MPS_LOG_DIRECTORY`` to reach it."""
+
+    pipe_directory: str
+    log_directory: str
+
+
+def pools_from_environment(environ: Mapping[str, str]) -> list[str]:
+    """``GPUSLICE_MPS_POOLS="dev, shared"`` -> ``["dev", "shared"]``; unset or empty: no pool."""
+    return [pool.strip() for pool in environ.get(POOLS_VARIABLE, "").split(",") if pool.strip()]
+
+
+def default_root(state_directory: str | os.PathLike[str]) -> Path:
+    """The directory under which the per-card daemons live unless configured: ``<state>/mps``.
+
+    The service (``MPSDaemons.root``) and the hub (``GPUSliceSpawnerMixin.mps_root``) both default
+    to it, so that a server is pointed at the directories its card's daemon really uses.
+    """
+    return Path(state_directory).resolve() / "mps"
+
+
+def card_directories(root: str | os.PathLike[str], gpu_uuid: str) -> MPSDirectories:
+    """The pipe and log directories of the daemon of card ``gpu_uuid``: ``<root>/<uuid>/pipe`` and
+    ``<root>/<uuid>/log``. The one layout rule: the daemon is started with it (:class:`MPSControl`)
+    and a server holding a slice of the card is given it (:mod:`spawner.enforce.env`)."""
+    card = Path(root) / gpu_uuid
+    return MPSDirectories(pipe_directory=str(card / "pipe"), log_directory=str(card / "log"))
+
+
+def has_card_daemon(pools: Iterable[str], *, simulated: bool, mps_pools: Iterable[str]) -> bool:
+    """Whether a card in ``pools`` gets a control daemon of its own: a real card in one of the
+    pools shared through MPS. Simulated cards have no driver to run MPS with."""
+    return not simulated and not set(pools).isdisjoint(mps_pools)
+
+
 class MPSControl:
     """The control daemon of one GPU: start, stop, health, limits."""
 
@@ -74,8 +115,9 @@ class MPSControl:
         timeout_s: float = 10.0,
     ) -> None:
         self.gpu_uuid = gpu_uuid
-        self.pipe_directory = Path(root) / gpu_uuid / "pipe"
-        self.log_directory = Path(root) / gpu_uuid / "log"
+        directories = card_directories(root, gpu_uuid)
+        self.pipe_directory = Path(directories.pipe_directory)
+        self.log_directory = Path(directories.log_directory)
         self.program = program
         self.timeout_s = timeout_s
 

@@ -20,13 +20,14 @@ from typing import Any
 
 import jinja2
 from jupyterhub.spawner import SpawnException
-from traitlets import CaselessStrEnum, Float, Unicode, default
+from traitlets import CaselessStrEnum, Float, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from spawner.config.profiles import Profile, ProfileSet, load_profiles
 from spawner.core.units import describe_milli
 from spawner.core.vocabulary import server_holder
-from spawner.enforce.env import MPSSettings, slice_environment, with_kernel_limits
+from spawner.enforce.env import CardDaemons, slice_environment, with_kernel_limits
+from spawner.enforce.mps import MPSDirectories, default_root, pools_from_environment
 
 from .service_client import LeaseRefused, ServiceClient, ServiceUnavailable
 
@@ -102,12 +103,51 @@ class GPUSliceSpawnerMixin(LoggingConfigurable):
           told their share of memory (XLA, TensorFlow, PyTorch at kernel start). Cooperative.
         - "mps": as "env", plus CUDA MPS client limits on SMs and pinned device memory, enforced
           by the MPS control daemon the admin runs on the host (nvidia-cuda-mps-control -d).
+
+        Slices of cards in `mps_pools` use their card's own daemon whichever is chosen here.
         """,
     ).tag(config=True)
 
+    mps_pools = List(
+        Unicode(),
+        [],
+        help="""
+        The GPU pools whose cards the gpuslice service shares through one CUDA MPS control daemon
+        per card: the same list as the service's c.MPSDaemons.pools. A server holding a fraction
+        of one real card in these pools gets that card's daemon (CUDA_MPS_PIPE_DIRECTORY
+        <mps_root>/<uuid>/pipe, CUDA_MPS_LOG_DIRECTORY <mps_root>/<uuid>/log) and its MPS client
+        limits, so the limits the service sets on the daemon hold for it. Empty (the default): no
+        server is pointed at a per-card daemon. The hub is told this list, as it is told the
+        profiles directory, rather than asking the service. Default: the comma-separated
+        $GPUSLICE_MPS_POOLS, which c.MPSDaemons.pools defaults to as well: give the hub and the
+        service (c.JupyterHub.services' "environment") that one variable, or set both traits to
+        one list. A card's pools come from the service's GET gpus.
+        """,
+    ).tag(config=True)
+
+    @default("mps_pools")
+    def _default_mps_pools(self) -> list[str]:
+        return pools_from_environment(os.environ)
+
+    mps_root = Unicode(
+        help="""
+        The directory the service's per-card MPS daemons live under: the same as the service's
+        c.MPSDaemons.root. Default, like the service's: $GPUSLICE_STATE_DIR (or ./var)/mps, so
+        with no setting the two agree when the hub runs with the service's GPUSLICE_STATE_DIR
+        and working directory; otherwise set both to one path.
+        """,
+    ).tag(config=True)
+
+    @default("mps_root")
+    def _default_mps_root(self) -> str:
+        return str(default_root(os.environ.get("GPUSLICE_STATE_DIR", "var")))
+
     mps_pipe_directory = Unicode(
         "/tmp/nvidia-mps",
-        help="CUDA_MPS_PIPE_DIRECTORY of the host's MPS control daemon (enforcement = 'mps').",
+        help="""
+        CUDA_MPS_PIPE_DIRECTORY of the host's MPS control daemon (enforcement = 'mps'), for slices
+        not on a card with a daemon of its own (mps_pools).
+        """,
     ).tag(config=True)
 
     mps_log_directory = Unicode(
@@ -333,7 +373,8 @@ class GPUSliceSpawnerMixin(LoggingConfigurable):
             gpus=gpus,
             service_url=self.service_public_url or self.service_url,
             enforcement=self.enforcement,
-            mps=MPSSettings(self.mps_pipe_directory, self.mps_log_directory),
+            mps=MPSDirectories(self.mps_pipe_directory, self.mps_log_directory),
+            card_daemons=CardDaemons(frozenset(self.mps_pools), self.mps_root) if self.mps_pools else None,
         )
         simulated = " (simulated)" if env.get("GPUSLICE_SIMULATED") else ""
         self.progress_note(f"Granted {env['CUDA_VISIBLE_DEVICES']} on {lease['node']}{simulated}")

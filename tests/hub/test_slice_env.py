@@ -3,7 +3,8 @@
 import pytest
 
 from spawner.enforce import kernel
-from spawner.enforce.env import MPSSettings, kernels_data_dir, slice_environment, with_kernel_limits
+from spawner.enforce.env import CardDaemons, kernels_data_dir, slice_environment, with_kernel_limits
+from spawner.enforce.mps import MPSDirectories, card_directories
 
 GPU = {"uuid": "GPU-5c1f7a2e", "memory_mib": 81920, "simulated": False}
 SIM_GPU = {"uuid": "GPU-sim-node-1", "memory_mib": 81920, "simulated": True}
@@ -75,7 +76,7 @@ def test_whole_gpus_are_listed_in_order_and_the_fraction_is_one():
 
 
 def test_mps_limits_use_client_ordinals_and_round_the_thread_share_up():
-    mps = MPSSettings("/run/mps", "/var/log/mps")
+    mps = MPSDirectories("/run/mps", "/var/log/mps")
     env = slice_environment(lease(("GPU-5c1f7a2e", 125, 10240)), profile="p", enforcement="mps", mps=mps)
     assert env["CUDA_MPS_PIPE_DIRECTORY"] == "/run/mps"
     assert env["CUDA_MPS_LOG_DIRECTORY"] == "/var/log/mps"
@@ -137,3 +138,64 @@ def test_kernel_extension_is_quiet_without_torch_or_cuda(monkeypatch):
         assert kernel.apply_torch_limit(0.125) == (
             torch.cuda.device_count() if torch.cuda.is_available() else 0
         )
+
+
+MPS_ROOT = "/var/lib/gpuslice/mps"
+DEV_CARD = {"uuid": "GPU-5c1f7a2e", "memory_mib": 81920, "simulated": False, "pools": ["dev"]}
+TRAIN_CARD = {"uuid": "GPU-9d0e4b11", "memory_mib": 81920, "simulated": False, "pools": ["train"]}
+SIM_DEV_CARD = {"uuid": "GPU-sim-node-1", "memory_mib": 81920, "simulated": True, "pools": ["dev"]}
+DEV_DAEMONS = CardDaemons(pools=frozenset({"dev"}), root=MPS_ROOT)
+
+
+def test_a_slice_of_an_mps_card_talks_to_that_cards_daemon():
+    env = slice_environment(
+        lease(("GPU-5c1f7a2e", 125, 10240)),
+        profile="p",
+        gpus=[DEV_CARD, TRAIN_CARD],
+        card_daemons=DEV_DAEMONS,
+    )
+    assert env["CUDA_MPS_PIPE_DIRECTORY"] == f"{MPS_ROOT}/GPU-5c1f7a2e/pipe"
+    assert env["CUDA_MPS_LOG_DIRECTORY"] == f"{MPS_ROOT}/GPU-5c1f7a2e/log"
+    # The same directories the service starts the card's daemon with: one layout rule.
+    assert card_directories(MPS_ROOT, "GPU-5c1f7a2e") == MPSDirectories(
+        env["CUDA_MPS_PIPE_DIRECTORY"], env["CUDA_MPS_LOG_DIRECTORY"]
+    )
+    assert env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "13"
+    assert env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=10240M"
+
+
+def test_the_cards_daemon_wins_over_the_host_wide_one():
+    env = slice_environment(
+        lease(("GPU-5c1f7a2e", 125, 10240)),
+        profile="p",
+        gpus=[DEV_CARD],
+        enforcement="mps",
+        mps=MPSDirectories("/tmp/nvidia-mps", "/tmp/nvidia-log"),
+        card_daemons=DEV_DAEMONS,
+    )
+    assert env["CUDA_MPS_PIPE_DIRECTORY"] == f"{MPS_ROOT}/GPU-5c1f7a2e/pipe"
+
+
+@pytest.mark.parametrize(
+    ("shares", "why"),
+    [
+        ((("GPU-9d0e4b11", 125, 10240),), "a card of a pool not shared through MPS"),
+        ((("GPU-sim-node-1", 125, 10240),), "a simulated card has no daemon"),
+        ((("GPU-5c1f7a2e", 1000, 81920),), "a whole card is shared with no one"),
+        ((("GPU-5c1f7a2e", 1000, 81920), ("GPU-9d0e4b11", 1000, 81920)), "two cards: two daemons"),
+        ((("GPU-unknown", 125, 10240),), "a card the service did not list"),
+    ],
+)
+def test_other_leases_keep_the_hosts_setting(shares, why):
+    gpus = [DEV_CARD, TRAIN_CARD, SIM_DEV_CARD]
+    env = slice_environment(lease(*shares), profile="p", gpus=gpus, card_daemons=DEV_DAEMONS)
+    assert not [name for name in env if name.startswith("CUDA_MPS_")], why
+    host_wide = slice_environment(
+        lease(*shares),
+        profile="p",
+        gpus=gpus,
+        enforcement="mps",
+        mps=MPSDirectories("/tmp/nvidia-mps", "/tmp/nvidia-log"),
+        card_daemons=DEV_DAEMONS,
+    )
+    assert host_wide["CUDA_MPS_PIPE_DIRECTORY"] == "/tmp/nvidia-mps", why

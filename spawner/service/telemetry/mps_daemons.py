@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import pwd
 from collections.abc import Iterable, Sequence
 
@@ -26,7 +27,15 @@ from traitlets import Float, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from spawner.core.units import GPU, MILLI_PER_GPU, Lease, Node, SliceRequest
-from spawner.enforce.mps import CONTROL_PROGRAM, MPSControl, MPSError, MPSLimits
+from spawner.enforce.mps import (
+    CONTROL_PROGRAM,
+    MPSControl,
+    MPSError,
+    MPSLimits,
+    default_root,
+    has_card_daemon,
+    pools_from_environment,
+)
 from spawner.inventory import SOURCE_LABEL
 
 from ..paths import state_dir
@@ -65,21 +74,28 @@ class MPSDaemons(LoggingConfigurable):
         help="""
         GPU pools whose cards are shared through CUDA MPS, with limits set by the service on each
         card's control daemon (e.g. ['dev']). Empty (the default): no daemon is started, and
-        slices are held to their size by GPUMonitor.enforcement. Set the spawner's enforcement
-        to 'mps' for the same pools, so that clients find their card's daemon.
+        slices are held to their size by GPUMonitor.enforcement. The hub must be told the same
+        pools and root (c.GPUSliceSpawnerMixin.mps_pools / mps_root), so that a server holding a
+        slice of such a card is given that card's CUDA_MPS_PIPE_DIRECTORY. Default: the
+        comma-separated $GPUSLICE_MPS_POOLS, which the hub's mps_pools defaults to as well.
         """,
     ).tag(config=True)
+
+    @default("pools")
+    def _default_pools(self) -> list[str]:
+        return pools_from_environment(os.environ)
 
     root = Unicode(
         help="""
         Directory under which each card's daemon gets <uuid>/pipe (CUDA_MPS_PIPE_DIRECTORY) and
-        <uuid>/log (CUDA_MPS_LOG_DIRECTORY). Default: $GPUSLICE_STATE_DIR (or ./var)/mps.
+        <uuid>/log (CUDA_MPS_LOG_DIRECTORY). Default: $GPUSLICE_STATE_DIR (or ./var)/mps, as
+        the hub's c.GPUSliceSpawnerMixin.mps_root, which must name the same directory.
         """,
     ).tag(config=True)
 
     @default("root")
     def _default_root(self) -> str:
-        return str(state_dir() / "mps")
+        return str(default_root(state_dir()))
 
     program = Unicode(
         CONTROL_PROGRAM,
@@ -100,13 +116,12 @@ class MPSDaemons(LoggingConfigurable):
 
     def shared_gpus(self, nodes: Sequence[Node]) -> list[GPU]:
         """The real cards of this host in an MPS pool (simulated GPUs have no driver to run MPS)."""
-        chosen = set(self.pools)
         return [
             gpu
             for node in nodes
             if node.labels.get(SOURCE_LABEL) == "nvml"
             for gpu in node.gpus
-            if gpu.pools & chosen and not gpu.simulated
+            if has_card_daemon(gpu.pools, simulated=gpu.simulated, mps_pools=self.pools)
         ]
 
     def start(self, nodes: Sequence[Node], requests: Iterable[SliceRequest]) -> list[str]:

@@ -14,7 +14,8 @@ up the GIL per row.
 A listing that is only passed on to an API client need not become Python objects at all:
 :func:`as_separated_json_objects` has SQLite write each row as the JSON object the client gets,
 behind the few values the caller needs to sort and complete it, and the answer is assembled from
-those bytes (see ``JobStore.listing``).
+those bytes (see ``JobStore.listing``), and :func:`as_separated_values` reads the short values
+that say which versions of the rows a listing shows, when their objects are kept already.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, Boolean, Float, case, func, or_, select
+from sqlalchemy import JSON, Boolean, Float, Text, case, cast, func, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Select
 
@@ -75,6 +76,20 @@ def as_separated_json_objects(query: Select, leading: Sequence[str]) -> Select:
         column = rows.columns[name]
         value = func.printf("%!.17g", column) if isinstance(column.type, Float) else column
         row_text = value.concat(SEPARATOR).concat(row_text)
+    return select(func.coalesce(func.group_concat(row_text, SEPARATOR), ""))
+
+
+def as_separated_values(query: Select) -> Select:
+    """A statement whose one value is ``query``'s rows as text: each column's value, floats with
+    17 digits and anything else as SQLite's text of it, separated by :data:`SEPARATOR`, and so are
+    the rows; read it with :func:`read_separated`. For short values that identify rows (ids,
+    states, counts, times): each must be free of control characters and never null. The rows come
+    in no promised order."""
+    rows = query.subquery()
+    row_text: Any = None
+    for column in rows.columns:
+        value = func.printf("%!.17g", column) if isinstance(column.type, Float) else cast(column, Text)
+        row_text = value if row_text is None else row_text.concat(SEPARATOR).concat(value)
     return select(func.coalesce(func.group_concat(row_text, SEPARATOR), ""))
 
 

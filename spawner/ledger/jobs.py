@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import Integer, Text, bindparam, case, cast, func, literal, select
+from sqlalchemy import Integer, Text, bindparam, case, cast, func, literal, literal_column, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
 
@@ -59,10 +59,12 @@ from ..core.vocabulary import PAYLOAD_KINDS, TERMINAL_STATES, UNFINISHED_STATES,
 from .bulk_read import (
     as_json_objects,
     as_separated_json_objects,
+    as_separated_values,
     one_step_reads,
     read_json_objects,
     read_separated,
 )
+from .listed_objects import JobVersion, ListedObjects
 from .models import JobEventRow, JobRow, JobSubmissionRow, LeaseRow
 from .store import Ledger
 
@@ -366,6 +368,8 @@ class JobStore:
 
     def __init__(self, ledger: Ledger):
         self.ledger = ledger
+        self.listed_objects = ListedObjects()
+        """The JSON objects of job versions listed before (see :meth:`listing`)."""
 
     def __repr__(self) -> str:
         return f"JobStore({self.ledger!r})"
@@ -665,17 +669,26 @@ class JobStore:
         passed on to the client. SQLite writes each job's JSON itself (see
         :func:`~.bulk_read.as_separated_json_objects`), so that no Python object is made per
         field, neither here nor to encode the answer; other databases' rows are encoded here.
+        On SQLite the listing first reads which versions of the jobs it shows (see
+        :mod:`.listed_objects`), and has only the versions not listed before written, in the
+        same read transaction, so that both reads see the same rows.
         """
 
         def work(session: Session) -> list[ListedJob]:
             connection = session.connection()
             if one_step_reads(connection):
                 wanted = None if states is None else tuple(sorted(_state(state).value for state in states))
-                statement = _json_listing(wanted, owner is not None, limit is not None)
+                statement = _listing_versions(wanted, owner is not None, limit is not None)
                 values = read_separated(connection, statement, owner=owner, limit=limit)
+                created_at, ids, job_states, attempts = (values[offset::4] for offset in range(4))
+                versions = list(zip(ids, job_states, attempts, strict=True))
+                objects = self.listed_objects.find(versions)
+                if None in objects:
+                    objects = self._written(connection, versions, objects)
                 # Newest first, ties by id; built and sorted by C code, no Python step per job.
-                created_at, ids, job_states, bodies = (values[offset::4] for offset in range(4))
-                rows = sorted(zip(map(float, created_at), ids, job_states, bodies, strict=True), reverse=True)
+                rows = sorted(
+                    zip(map(float, created_at), ids, job_states, objects, strict=True), reverse=True
+                )
                 return list(map(_listed_job, rows))
             result = connection.execute(_list_query(_LISTING_SELECT, owner, states, limit))
             names = tuple(result.keys())
@@ -695,6 +708,21 @@ class JobStore:
             return jobs
 
         return self.ledger._read(work)
+
+    def _written(
+        self, connection: Any, versions: Sequence[JobVersion], objects: Sequence[str | None]
+    ) -> list[str]:
+        """``objects`` (the kept JSON objects of a listing's ``versions``), with those not kept
+        written by SQLite, in the caller's read transaction, and kept from now on."""
+        missing = [version[0] for version, found in zip(versions, objects, strict=True) if found is None]
+        written = read_separated(connection, _json_objects_by_id(), ids=json.dumps(missing))
+        written_versions = zip(written[0::4], written[1::4], written[2::4], strict=True)
+        fresh = dict(zip(written_versions, written[3::4], strict=True))
+        self.listed_objects.keep(fresh)
+        return [
+            fresh[version] if found is None else found
+            for version, found in zip(versions, objects, strict=True)
+        ]
 
     def queue(self) -> list[BatchJob]:
         """The queue as the scheduler sees it, oldest first: the columns of a :class:`BatchJob`
@@ -815,18 +843,29 @@ def _implied_fields(target: JobState, at: float) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=64)
-def _json_listing(states: tuple[str, ...] | None, by_owner: bool, limited: bool) -> Select:
-    """The SQLite listing of :meth:`JobStore.listing` as one text, built once per shape:
-    ``owner`` and ``limit`` are its parameters (constructing the statement cost more than
-    running it)."""
-    query = select(*LISTING_COLUMNS).order_by(JobRow.created_at.desc(), JobRow.id.desc())
+def _listing_versions(states: tuple[str, ...] | None, by_owner: bool, limited: bool) -> Select:
+    """Which job versions a SQLite listing of :meth:`JobStore.listing` shows, as one text
+    (created_at, id, state, attempts per job), built once per shape: ``owner`` and ``limit`` are
+    its parameters (constructing the statement cost more than running it)."""
+    query = select(JobRow.created_at, JobRow.id, JobRow.state, JobRow.attempts).order_by(
+        JobRow.created_at.desc(), JobRow.id.desc()
+    )
     if by_owner:
         query = query.where(JobRow.owner == bindparam("owner"))
     if states is not None:
         query = query.where(JobRow.state.in_(states))
     if limited:
         query = query.limit(bindparam("limit", type_=Integer))
-    return as_separated_json_objects(query, ("created_at", "id", "state"))
+    return as_separated_values(query)
+
+
+@functools.lru_cache(maxsize=1)
+def _json_objects_by_id() -> Select:
+    """The listing's JSON object (``LISTING_COLUMNS``) of each job whose id is in the JSON array
+    ``ids``, behind its id, state and attempts, for SQLite."""
+    chosen = select(literal_column("value")).select_from(func.json_each(bindparam("ids")))
+    query = select(*LISTING_COLUMNS).where(JobRow.id.in_(chosen))
+    return as_separated_json_objects(query, ("id", "state", "attempts"))
 
 
 @functools.lru_cache(maxsize=1)

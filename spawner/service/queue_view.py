@@ -54,8 +54,12 @@ class QueueSnapshot:
     _fields_own: dict[str, dict[str, object]] | None = field(
         init=False, default=None, repr=False, compare=False
     )
-    _members_everyone: dict[str, str] | None = field(init=False, default=None, repr=False, compare=False)
-    _members_own: dict[str, str] | None = field(init=False, default=None, repr=False, compare=False)
+    _listed_everyone: dict[str, tuple[str, str]] = field(
+        init=False, default_factory=dict, repr=False, compare=False
+    )
+    _listed_own: dict[str, tuple[str, str]] = field(
+        init=False, default_factory=dict, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         ahead = {job_id: index for index, job_id in enumerate(self.order)}
@@ -102,20 +106,31 @@ class QueueSnapshot:
 
     def json_members(self, job_id: str, everyone: bool) -> str:
         """:meth:`json_fields` as the members of a JSON object (``"queue_position":3,...``, no
-        braces), to put in a job's JSON object as a listing writes it. Made on first use per job
-        and view, and kept with the snapshot: a listing shows a few hundred of the waiting jobs,
-        and the pass's snapshot serves many listings."""
-        view = self._members_everyone if everyone else self._members_own
-        if view is None:
-            view = {}
-            object.__setattr__(self, "_members_everyone" if everyone else "_members_own", view)
-        members = view.get(job_id)
-        if members is None:
-            place = self.place(job_id, everyone)
-            if place is None:
-                return NOT_WAITING_JSON
-            members = view[job_id] = orjson.dumps(_queue_fields(place)).decode()[1:-1]
-        return members
+        braces), to put in a job's JSON object as a listing writes it."""
+        place = self.place(job_id, everyone)
+        if place is None:
+            return NOT_WAITING_JSON
+        return orjson.dumps(_queue_fields(place)).decode()[1:-1]
+
+    def listed_objects(self, everyone: bool) -> dict[str, tuple[str, str]]:
+        """The jobs this snapshot completed for listings in one view (everyone's places or the
+        owners'), by id: the JSON object the ledger wrote, and that object with the job's queue
+        fields put in (see :meth:`complete`).
+
+        A pass's snapshot serves every listing until the next pass, a few hundred listings of a
+        few hundred jobs each on a busy hub, and a job's text is the same in all of them as long
+        as the ledger's object is: a listing looks each job up here and compares the ledger's
+        text (a memory comparison) instead of writing the job again. A job whose object changed
+        (it started, it was cancelled) no longer matches and is written anew."""
+        return self._listed_everyone if everyone else self._listed_own
+
+    def complete(self, job_id: str, queued: bool, json_object: str, everyone: bool) -> str:
+        """``json_object`` (the ledger's JSON object of ``job_id``, a job in the queue or not)
+        with its four queue fields as the last members, kept in :meth:`listed_objects`."""
+        members = self.json_members(job_id, everyone) if queued else NOT_WAITING_JSON
+        text = f"{json_object[:-1]},{members}}}"
+        self.listed_objects(everyone)[job_id] = (json_object, text)
+        return text
 
     def without(self, job_id: str) -> QueueSnapshot:
         """This snapshot less a job that left the queue between passes (a cancel), so that the

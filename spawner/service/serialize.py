@@ -19,7 +19,7 @@ from spawner.core.vocabulary import TERMINAL_STATES, JobState, holder_expiry
 from spawner.ledger import GPUHolder
 from spawner.ledger.jobs import JobRecord, ListedJob
 
-from .queue_view import NOT_WAITING, NOT_WAITING_JSON, QueueSnapshot
+from .queue_view import NOT_WAITING, QueueSnapshot
 
 
 def to_json(payload: Any) -> bytes:
@@ -127,12 +127,18 @@ def listed_jobs_json(listed: Sequence[ListedJob], queue: QueueSnapshot, *, every
     """The jobs of a listing as a JSON array, each as :func:`job_json` writes it with
     ``listing=True``: the object the ledger wrote, completed with its queue fields. The listing is
     the service's largest answer, and its jobs are never made into Python objects: each is the
-    ledger's text with the snapshot's text of its queue fields put in."""
+    ledger's text with the snapshot's text of its queue fields put in, written once per pass and
+    job (:meth:`~.queue_view.QueueSnapshot.listed_objects`) however many listings show it."""
     queued = JobState.queued.value
+    completed = queue.listed_objects(everyone)
     objects = []
+    append = objects.append
     for job in listed:
-        members = queue.json_members(job.id, everyone) if job.state == queued else NOT_WAITING_JSON
-        objects.append(f"{job.json_object[:-1]},{members}}}")
+        known = completed.get(job.id)
+        if known is not None and known[0] == job.json_object:
+            append(known[1])
+        else:
+            append(queue.complete(job.id, job.state == queued, job.json_object, everyone))
     return ("[" + ",".join(objects) + "]").encode()
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from spawner.ledger import Ledger
 from spawner.ledger.jobs import BatchItem, JobSpec, JobStore, SubmissionLimits
+from spawner.ledger.listed_objects import ListedObjects
 
 
 def spec(owner: str = "ana", payload: str = "print(1)\n", name: str = "train", **fields) -> JobSpec:
@@ -136,3 +137,42 @@ def test_the_queue_view_is_the_queued_records_as_the_scheduler_sees_them(store: 
     store.transition(first.id, "running", "started")
     assert store.queue() == [record.as_batch_job() for record in store.queued()]
     assert first.id not in {job.id for job in store.queue()}
+
+
+def test_a_listing_shows_each_job_as_it_is_now_whoever_changed_it(ledger: Ledger) -> None:
+    """Listings keep the objects of the job versions they showed (``JobStore.listed_objects``); a
+    job changed since, by this store or by another process's store on the same database, is shown
+    as it is now, through the whole cycle queued, running, preempted and queued again."""
+    here, elsewhere = JobStore(ledger), JobStore(ledger)
+    here.submit_many([BatchItem(spec(name=f"job {index}")) for index in range(3)])
+    job = here.list("ana")[-1]
+
+    def shown() -> dict:
+        listed = {listed.id: json.loads(listed.json_object) for listed in here.listing("ana")}
+        assert list(listed.values()) == [
+            record.to_dict(include_provenance=False) for record in here.list("ana")
+        ]
+        return listed[job.id]
+
+    assert shown()["state"] == "queued"
+    for state, reason in [
+        ("running", "started"),
+        ("preempted", "preempted by alice"),
+        ("queued", "requeued"),
+    ]:
+        elsewhere.transition(job.id, state, reason)
+        now = shown()
+        assert (now["state"], now["reason"], now["attempts"]) == (state, reason, 1)
+    elsewhere.transition(job.id, "running", "started again")
+    assert (shown()["state"], shown()["attempts"]) == ("running", 2)
+
+
+def test_listings_longer_than_what_is_kept_are_whole(store: JobStore) -> None:
+    store.listed_objects = ListedObjects(capacity=3)
+    store.submit_many([BatchItem(spec(name=f"job {index}")) for index in range(7)])
+    for _ in range(2):
+        listed = store.listing("ana")
+        assert [json.loads(job.json_object) for job in listed] == [
+            record.to_dict(include_provenance=False) for record in store.list("ana")
+        ]
+        assert len(store.listed_objects) <= 3

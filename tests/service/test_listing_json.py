@@ -66,3 +66,34 @@ def test_a_listing_from_the_ledgers_bytes_says_what_job_json_says(store: JobStor
 
 def test_an_empty_listing_is_an_empty_array(store: JobStore) -> None:
     assert json.loads(listed_jobs_json(store.listing("nobody"), QueueSnapshot())) == []
+
+
+def test_a_snapshot_reused_by_listings_never_serves_a_job_as_it_was(store: JobStore) -> None:
+    """A pass's snapshot keeps each job's completed text for the listings after it: a job that
+    changed since (started, cancelled) must be listed as it is now, in both views."""
+    store.submit_many(
+        [BatchItem(JobSpec("ana", None, f"job {index}", "pass\n", "/tmp")) for index in range(3)]
+    )
+    queued = store.queued()
+    snapshot = QueueSnapshot.of_pass(
+        10.0,
+        [record.id for record in queued],
+        {record.id: "waiting: no GPU free" for record in queued},
+        {record.id: record.owner for record in queued},
+    )
+    for everyone in (True, False):
+        before = json.loads(listed_jobs_json(store.listing("ana"), snapshot, everyone=everyone))
+        assert [job["queue_position"] for job in before] == [2, 1, 0]  # newest first
+    store.transition(queued[0].id, "running", "started", lease_id="lease-1", gpu_uuids=["GPU-1"], node="n1")
+    store.transition(queued[1].id, "cancelled", "cancelled by its owner")
+    for everyone in (True, False):
+        after = json.loads(listed_jobs_json(store.listing("ana"), snapshot, everyone=everyone))
+        expected = [
+            job_json(record, snapshot, listing=True, everyone=everyone) for record in store.list("ana")
+        ]
+        assert after == json.loads(to_json(expected))
+        assert [(job["state"], job["queue_position"]) for job in after] == [
+            ("queued", 2),  # its place in that pass, which said nothing of the others since
+            ("cancelled", None),
+            ("running", None),
+        ]

@@ -173,10 +173,19 @@ c.JupyterHub.load_roles = [
     {"name": "user", "scopes": ["self", "access:services!service=gpuslice"]},
     # The service reads users' groups and admin flags to pick profiles and the quota group, and
     # their servers, to give back the slices of servers that are gone; it may stop a server, as
-    # jupyterhub-idle-culler may, for the GPU-idle culling an admin turns on (IdleCuller.*).
+    # jupyterhub-idle-culler may, for the GPU-idle culling an admin turns on (IdleCuller.*), and
+    # report a GPU-busy server's activity so that jupyterhub-idle-culler keeps it
+    # (IdleCuller.report_gpu_activity).
     {
         "name": "gpuslice-service",
-        "scopes": ["list:users", "read:users", "read:users:groups", "read:servers", "delete:servers"],
+        "scopes": [
+            "list:users",
+            "read:users",
+            "read:users:groups",
+            "read:servers",
+            "delete:servers",
+            "users:activity",
+        ],
         "services": ["gpuslice"],
     },
 ]

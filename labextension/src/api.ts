@@ -6,6 +6,7 @@ import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
 import { IJob, ISlice } from './format';
+import { INotice } from './notices';
 
 /** One chunk of a job's log, as `GET jobs/{id}/logs` answers. */
 export interface ILogChunk {
@@ -57,4 +58,10 @@ export function readLog(jobId: string, offset: number): Promise<ILogChunk> {
 /** Cancel a job; the job after. */
 export async function cancelJob(jobId: string): Promise<IJob> {
   return (await call<{ job: IJob }>(`api/jobs/${encodeURIComponent(jobId)}/cancel`, { method: 'POST' })).job;
+}
+
+/** The GPU monitor's notices for this server's user, newest first (the server extension asks
+ * for that user only, whoever's token it holds). */
+export async function listNotices(): Promise<INotice[]> {
+  return (await call<{ notices: INotice[] }>('api/notices')).notices;
 }

@@ -3,11 +3,15 @@
  * through the notebook server's own token (see spawner/magic/server_extension.py).
  */
 import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { Notification } from '@jupyterlab/apputils';
+import { PageConfig } from '@jupyterlab/coreutils';
 import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 
+import { listNotices } from './api';
 import { fetchCellSource, IJob } from './format';
+import { NoticeWatcher, pollNotices } from './notices';
 import { JobsPanel } from './panel';
 import { SliceStatus } from './status';
 
@@ -20,6 +24,9 @@ const GPU_ICON = new LabIcon({
 });
 
 export const OPEN_COMMAND = 'gpuslice:open-jobs';
+/** How often the lab asks for new GPU notices while its tab is shown. The monitor samples every
+ * 5 s and a 'stop' waits a grace period (GPUMonitor.grace_s), so 20 s leaves time to react. */
+const NOTICE_INTERVAL_MS = 20_000;
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyterlab-gpuslice:plugin',
@@ -51,6 +58,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
       label: 'Show GPU jobs',
       execute: () => shell.activateById(panel.id)
     });
+
+    // The GPU monitor's notices (over slice, stopped), each shown once as a notification.
+    const watcher = new NoticeWatcher(
+      listNotices,
+      (notice, level) =>
+        Notification.emit(`GPU slice: ${notice.message}`, level, {
+          autoClose: level === 'info' ? 30_000 : false
+        }),
+      window.localStorage,
+      `gpuslice:notices-shown:${PageConfig.getBaseUrl()}`
+    );
+    pollNotices(watcher, NOTICE_INTERVAL_MS, document, error =>
+      console.warn('gpuslice: the GPU notices could not be read', error)
+    );
 
     if (statusBar) {
       statusBar.registerStatusItem('jupyterlab-gpuslice:slice', {

@@ -135,7 +135,10 @@ def card_daemon(
 ) -> MPSDirectories | None:
     """The directories of the daemon of the card a slice is on, if the service runs one for it.
 
-    Only a fraction of one card is sent there. A client reaches one daemon (one
+    The service says so per card (``GET gpus``: ``mps_daemon``); a card in an MPS pool without a
+    daemon there (not found by NVML, no control program) gets no MPS variables, since a client
+    sent to a pipe no daemon listens on fails to start CUDA at all. Only a fraction of one card is
+    sent there. A client reaches one daemon (one
     ``CUDA_MPS_PIPE_DIRECTORY``) and each daemon sees one card, so a lease of several cards cannot
     use them; and a whole card is shared with no one, while the daemon's default limits are those
     of the smallest slice. A card missing from ``gpus`` is not known to be in an MPS pool.
@@ -148,6 +151,8 @@ def card_daemon(
         return None
     simulated = bool(gpu.get("simulated", is_simulated(uuid)))
     if not has_card_daemon(gpu.get("pools", ()), simulated=simulated, mps_pools=card_daemons.pools):
+        return None
+    if gpu.get("mps_daemon") is not True:
         return None
     return card_directories(card_daemons.root, uuid)
 

@@ -5,7 +5,8 @@ The browser never holds a token of the hub's: the JupyterLab panel calls these h
 server's URL (``<base_url>gpuslice/``), authenticated as every request to the server is, and they
 call the service's API with ``JUPYTERHUB_API_TOKEN``, the token ``%%submit`` uses in the kernel. So
 the panel can do what a cell of this server can, and less: read the user's jobs, their logs and
-results summaries, and cancel one. It cannot submit (that is ``%%submit``'s) nor reach any other
+results summaries and the GPU monitor's notices about their slices (the lab shows each new one
+once as a notification), and cancel one. It cannot submit (that is ``%%submit``'s) nor reach any other
 path of the service.
 
 Enabled by ``jupyter_server_config.d/jupyterhub-gpuslice.json`` (installed with the package into
@@ -34,11 +35,13 @@ SERVICE_PATHS: dict[str, list[re.Pattern[str]]] = {
         re.compile(rf"jobs/{JOB_ID}"),
         re.compile(rf"jobs/{JOB_ID}/logs"),
         re.compile(rf"jobs/{JOB_ID}/result"),
+        re.compile(r"notices"),
     ],
     "POST": [re.compile(rf"jobs/{JOB_ID}/cancel")],
 }
-"""The service's paths the panel may reach, by method: reading jobs, their logs and results, and
-cancelling one. Anything else answers 404 here, whatever the token could do."""
+"""The service's paths the panel may reach, by method: reading jobs, their logs and results, the
+GPU monitor's notices (over slice, stopped), and cancelling one. Anything else answers 404 here,
+whatever the token could do."""
 QUERY_ARGUMENTS = frozenset({"state", "all", "offset", "follow"})
 """The query arguments passed on (the listing's filters, the log's offset and follow)."""
 REQUEST_TIMEOUT_S = 60.0
@@ -56,6 +59,15 @@ def service_api() -> tuple[str, str]:
             "JUPYTERHUB_API_TOKEN is not set), so it cannot reach the jobs service",
         )
     return url.rstrip("/") + "/api/v1/", token
+
+
+def server_owner() -> str:
+    """The user this server belongs to. The notices are always asked for them by name: an admin's
+    server token may read everyone's, and their lab should still show only their own."""
+    user = os.environ.get("JUPYTERHUB_USER", "")
+    if not user:
+        raise web.HTTPError(503, "JUPYTERHUB_USER is not set: this server was not started by a JupyterHub")
+    return user
 
 
 def server_slice(environment: dict[str, str]) -> dict[str, Any]:
@@ -127,6 +139,8 @@ class ServiceProxyHandler(APIHandler):
             for name in QUERY_ARGUMENTS
             if self.get_query_argument(name, None) is not None
         }
+        if path == "notices":
+            query["user"] = server_owner()
         status, body = await call_service(method, path, query)
         self.set_status(status)
         self.set_header("Content-Type", "application/json")

@@ -266,8 +266,9 @@ class GPUSliceService(Application):
         help="""
         Whether the service samples the GPUs of this host (GPUMonitor.*): per-card use, slices held
         to their size, busy hours and GPU-hours in the ledger and the metrics, the usage page.
-        Turn it off where the service does not run on the GPU host (Kubernetes: the figures come
-        from the DCGM exporter there; see deploy/grafana/README.md).
+        Keep it on in Kubernetes too, with GPUMonitor.source = 'dcgm' and GPUMonitor.dcgm_urls
+        (the DCGM exporters' pages; see deploy/dcgm.md); turn it off only where no GPU figures
+        are wanted.
         """,
     ).tag(config=True)
 
@@ -365,7 +366,11 @@ class GPUSliceService(Application):
         return bytes.fromhex(path.read_text().strip())
 
     def make_web_app(
-        self, allocator: Allocator, jobs: JobService, monitor: GPUMonitor | None = None
+        self,
+        allocator: Allocator,
+        jobs: JobService,
+        monitor: GPUMonitor | None = None,
+        mps: MPSDaemons | None = None,
     ) -> web.Application:
         """The tornado application; its settings are how every handler reaches the service's parts
         (``self.allocator``, ``self.jobs``, ``self.hub_auth``, ... on the handlers' base)."""
@@ -374,6 +379,7 @@ class GPUSliceService(Application):
             allocator=allocator,
             jobs=jobs,
             monitor=monitor,
+            mps=mps,
             hub_auth=self.hub_auth,
             service_name=self.service_name,
             service_prefix=self.service_prefix,
@@ -413,7 +419,7 @@ class GPUSliceService(Application):
             users = self.users
             monitor.culler = IdleCuller(allocator.profiles, users.api_url, users.api_token, parent=self)
             monitor.mps = mps
-        web_app = self.make_web_app(allocator, jobs, monitor)
+        web_app = self.make_web_app(allocator, jobs, monitor, mps)
         # Tornado's own body limit too, behind BodyLimit's JSON 413 (which answers first).
         server = web_app.listen(
             url.port or 80, url.hostname or "127.0.0.1", max_body_size=web_app.settings["max_body_bytes"]

@@ -1,10 +1,13 @@
-"""A server whose slice is on a card the service shares through MPS is sent to that card's daemon.
+"""A server is sent to a card's MPS daemon only where the service runs one (issue 15).
 
-A real hub from ``hub_config.py`` and its service, on a static inventory (real cards, as far as
-the hub can tell: simulated cards run no daemon) of one card in the pool ``dev``, shared through
-MPS. ``GPUSLICE_MPS_POOLS`` is the one value the hub's ``mps_pools`` and the service's
-``MPSDaemons.pools`` default to; the hub and the service share ``GPUSLICE_STATE_DIR``, so their
-MPS root is the same ``<state>/mps`` without any setting.
+A real hub from ``hub_config.py`` and its service, on a static inventory (cards NVML did not
+find) of one card in the pool ``dev``, shared through MPS: ``GPUSLICE_MPS_POOLS`` is the one value
+the hub's ``mps_pools`` and the service's ``MPSDaemons.pools`` default to. The service starts
+daemons only for the cards NVML lists, so it runs none for this one: ``GET gpus`` says so
+(``mps_daemon: false``), the hub sends the server no MPS variables (a client pointed at a pipe
+nobody listens on cannot start CUDA at all), and the service's log says why the card has no
+daemon. The pointing itself, where a daemon runs, is tested in tests/hub/test_slice_env.py and
+the daemons in tests/service/telemetry/test_mps.py.
 """
 
 from __future__ import annotations
@@ -71,10 +74,14 @@ def spawn_slice_on(hub, user: str, card: str) -> dict[str, str]:
     return env
 
 
-def test_a_slice_of_an_mps_card_gets_that_cards_daemon(hub):
-    on_mps = spawn_slice_on(hub, "alice", MPS_CARD)
-    expected = card_directories(default_root(hub.state_dir), MPS_CARD)
-    assert on_mps["CUDA_MPS_PIPE_DIRECTORY"] == expected.pipe_directory
-    assert on_mps["CUDA_MPS_LOG_DIRECTORY"] == expected.log_directory
-    assert on_mps["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "13"
-    assert on_mps["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=10240M"
+def test_a_card_of_an_mps_pool_without_a_daemon_sends_no_client_to_its_pipe(hub):
+    on_card = spawn_slice_on(hub, "alice", MPS_CARD)
+    assert not [name for name in on_card if name.startswith("CUDA_MPS_")], on_card
+    unused_pipe = card_directories(default_root(hub.state_dir), MPS_CARD).pipe_directory
+    assert unused_pipe not in on_card.values()
+    listed = requests.get(
+        hub.api + "gpus", headers={"Authorization": f"token {hub.service_token}"}, timeout=30
+    ).json()["gpus"]
+    assert [gpu["mps_daemon"] for gpu in listed if gpu["uuid"] == MPS_CARD] == [False]
+    said = hub.log_path.read_text(errors="replace")  # the service writes to the hub's output
+    assert "is in an MPS pool but gets no daemon: NVML did not find it on this host" in said

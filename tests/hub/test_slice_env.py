@@ -141,7 +141,15 @@ def test_kernel_extension_is_quiet_without_torch_or_cuda(monkeypatch):
 
 
 MPS_ROOT = "/var/lib/gpuslice/mps"
-DEV_CARD = {"uuid": "GPU-5c1f7a2e", "memory_mib": 81920, "simulated": False, "pools": ["dev"]}
+# As GET gpus describes them: mps_daemon says whether the service runs the card's daemon now.
+DEV_CARD = {
+    "uuid": "GPU-5c1f7a2e",
+    "memory_mib": 81920,
+    "simulated": False,
+    "pools": ["dev"],
+    "mps_daemon": True,
+}
+NO_DAEMON_DEV_CARD = {"uuid": "GPU-7b2c0d55", "memory_mib": 81920, "simulated": False, "pools": ["dev"]}
 TRAIN_CARD = {"uuid": "GPU-9d0e4b11", "memory_mib": 81920, "simulated": False, "pools": ["train"]}
 SIM_DEV_CARD = {"uuid": "GPU-sim-node-1", "memory_mib": 81920, "simulated": True, "pools": ["dev"]}
 DEV_DAEMONS = CardDaemons(pools=frozenset({"dev"}), root=MPS_ROOT)
@@ -184,10 +192,11 @@ def test_the_cards_daemon_wins_over_the_host_wide_one():
         ((("GPU-5c1f7a2e", 1000, 81920),), "a whole card is shared with no one"),
         ((("GPU-5c1f7a2e", 1000, 81920), ("GPU-9d0e4b11", 1000, 81920)), "two cards: two daemons"),
         ((("GPU-unknown", 125, 10240),), "a card the service did not list"),
+        ((("GPU-7b2c0d55", 125, 10240),), "a card of an MPS pool whose daemon the service does not run"),
     ],
 )
 def test_other_leases_keep_the_hosts_setting(shares, why):
-    gpus = [DEV_CARD, TRAIN_CARD, SIM_DEV_CARD]
+    gpus = [DEV_CARD, TRAIN_CARD, SIM_DEV_CARD, NO_DAEMON_DEV_CARD]
     env = slice_environment(lease(*shares), profile="p", gpus=gpus, card_daemons=DEV_DAEMONS)
     assert not [name for name in env if name.startswith("CUDA_MPS_")], why
     host_wide = slice_environment(

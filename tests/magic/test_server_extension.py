@@ -4,8 +4,9 @@ service's paths it lets the panel reach (the browser test drives it end to end i
 from __future__ import annotations
 
 import pytest
+from tornado import web
 
-from spawner.magic.server_extension import SERVICE_PATHS, server_slice
+from spawner.magic.server_extension import SERVICE_PATHS, server_owner, server_slice
 
 
 def allowed(method: str, path: str) -> bool:
@@ -46,6 +47,7 @@ def test_a_cpu_only_server_holds_nothing():
         ("GET", "jobs/job-3f2a9c1d0b7e/logs"),
         ("GET", "jobs/job-3f2a9c1d0b7e/result"),
         ("POST", "jobs/job-3f2a9c1d0b7e/cancel"),
+        ("GET", "notices"),  # the GPU monitor's notices, shown as lab notifications
     ],
 )
 def test_the_panel_reaches_reading_and_cancelling_jobs(method, path):
@@ -63,7 +65,18 @@ def test_the_panel_reaches_reading_and_cancelling_jobs(method, path):
         ("DELETE", "jobs/job-3f2a9c1d0b7e"),
         ("GET", "jobs/../leases"),
         ("GET", "usage"),
+        ("POST", "notices"),
+        ("GET", "notices/all"),
     ],
 )
 def test_nothing_else_of_the_service_is_reachable_through_it(method, path):
     assert not allowed(method, path)
+
+
+def test_notices_are_asked_for_the_servers_own_user(monkeypatch):
+    monkeypatch.setenv("JUPYTERHUB_USER", "alice")
+    assert server_owner() == "alice"
+    monkeypatch.delenv("JUPYTERHUB_USER")
+    with pytest.raises(web.HTTPError) as refused:
+        server_owner()
+    assert refused.value.status_code == 503 and "JUPYTERHUB_USER" in refused.value.log_message

@@ -12,19 +12,30 @@ With ``action = 'flag'`` nothing is stopped: the server is listed as GPU-idle on
 page, for sites that cull with jupyterhub-idle-culler alone. Batch jobs are never culled here
 (their idleness is flagged instead, see ``GPUMonitor.batch_idle_flag_s``).
 
+What jupyterhub-idle-culler can be told: it decides on each server's ``last_activity`` (and its
+age) from the hub's ``GET /users``, nothing else, and the hub's ``POST /users/{name}/activity``
+only ever moves ``last_activity`` forward. So GPU *idleness* cannot be reported to it (no call
+makes a server look older), but GPU *use* can: with ``report_gpu_activity`` on, a server whose
+slice was measurably busy in a sample gets that sample's time as its activity, so idle-culler does
+not stop a server training from a background process while nobody types (a script started from a
+terminal, whose output nobody reads, is no activity to the server). Stopping GPU-idle servers
+stays this culler's (``action = 'stop'``).
+
 The user sees why: the reason is kept as a notice of theirs, shown at the top of every gpuslice
 page they open, and in the service's log.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from traitlets import Dict, Float, Unicode, validate
+from traitlets import Bool, Dict, Float, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from spawner.core.scheduler import describe_duration
@@ -87,6 +98,26 @@ class IdleCuller(LoggingConfigurable):
         """,
     ).tag(config=True)
 
+    report_gpu_activity = Bool(
+        False,
+        help="""
+        Report to the hub, as the server's activity (POST /users/{name}/activity), every sample
+        in which a notebook server's GPU slice was measurably busy, at most once per
+        activity_report_interval_s per server. jupyterhub-idle-culler then keeps servers doing GPU
+        work from a background process. The service's token needs the scope 'users:activity'.
+        Idleness cannot be reported: the hub only moves last_activity forward.
+        """,
+    ).tag(config=True)
+
+    activity_report_interval_s = Float(
+        60.0,
+        help="""
+        Seconds between two activity reports for one server. The hub itself gathers activity
+        every JupyterHub.last_activity_interval (300 s by default), and idle-culler timeouts are
+        minutes to hours, so a report a minute is plenty and spares the hub one call per sample.
+        """,
+    ).tag(config=True)
+
     @validate("action")
     def _valid_action(self, proposal: dict[str, Any]) -> str:
         if proposal["value"] not in ACTIONS:
@@ -104,6 +135,8 @@ class IdleCuller(LoggingConfigurable):
         self.hub_api_token = hub_api_token
         self.flagged: list[IdleServer] = []
         self._stopping: set[str] = set()
+        self._reported_at: dict[str, float] = {}
+        """Lease id -> when its server's activity was last reported to the hub."""
 
     def limit_for(self, lease: Lease) -> tuple[float, str | None]:
         """(seconds allowed idle, the profile's slug) for ``lease``; 0 seconds: never culled."""
@@ -192,3 +225,61 @@ class IdleCuller(LoggingConfigurable):
             self.log.error("idle culling: the hub could not be reached to stop a server (%s)", error)
             return False
         return True
+
+    def busy_servers(self, lease_use: Mapping[str, Any], now: float) -> dict[str, dict[str, str]]:
+        """Per user, the servers whose slice was measurably busy in the sample and not reported in
+        the last ``activity_report_interval_s``: {user: {server name: lease id}}."""
+        found: dict[str, dict[str, str]] = {}
+        for use in lease_use.values():
+            lease = use.lease
+            if lease.workload != WorkloadClass.interactive or not use.measured:
+                continue
+            if use.idle_since is not None or use.used_gpus <= 0:
+                continue
+            server = server_of_holder(lease.holder, lease.user)
+            if server is None:
+                continue
+            if now - self._reported_at.get(lease.id, float("-inf")) < self.activity_report_interval_s:
+                continue
+            found.setdefault(lease.user, {})[server] = lease.id
+        return found
+
+    async def report_activity(self, lease_use: Mapping[str, Any], now: float) -> list[str]:
+        """Tell the hub that the servers whose GPU is busy were active at ``now`` (when
+        ``report_gpu_activity``); returns the lease ids reported."""
+        if not self.report_gpu_activity:
+            return []
+        live = {use.lease.id for use in lease_use.values()}
+        self._reported_at = {lease: at for lease, at in self._reported_at.items() if lease in live}
+        stamp = datetime.fromtimestamp(now, timezone.utc).isoformat().replace("+00:00", "Z")
+        reported = []
+        for user, servers in self.busy_servers(lease_use, now).items():
+            body = {"servers": {server: {"last_activity": stamp} for server in servers}}
+            request = HTTPRequest(
+                f"{self.hub_api_url}/users/{quote(user, safe='')}/activity",
+                method="POST",
+                headers={"Authorization": f"token {self.hub_api_token}", "Content-Type": "application/json"},
+                body=json.dumps(body),
+                request_timeout=30,
+            )
+            try:
+                await AsyncHTTPClient().fetch(request)
+            except HTTPClientError as error:
+                answer = (
+                    error.response.body.decode(errors="replace")[:300] if error.response is not None else ""
+                )
+                self.log.error(
+                    "GPU activity: the hub refused %s's activity (%s %s); give the service's token the "
+                    "scope 'users:activity', or turn IdleCuller.report_gpu_activity off",
+                    user,
+                    error.code,
+                    answer,
+                )
+                continue
+            except OSError as error:
+                self.log.error("GPU activity: the hub could not be reached (%s)", error)
+                return reported
+            for lease_id in servers.values():
+                self._reported_at[lease_id] = now
+                reported.append(lease_id)
+        return reported

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from traitlets import Dict, Float, Int, Unicode, validate
+from traitlets import Dict, Float, Int, List, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from spawner.core.units import GPU, MILLI_PER_GPU, Lease, Node, WorkloadClass
@@ -33,6 +33,7 @@ from spawner.inventory import SOURCE_LABEL
 from spawner.ledger.usage_rollup import GPUNotice as Notice
 from spawner.ledger.usage_rollup import PendingUsage, UsageRollup
 
+from . import dcgm
 from .enforcement import POLICIES, WARN, Action, OveruseTracker
 from .owners import LeaseIndex, Owner, ProcessOwners
 from .readings import NvmlSampler, ProcessReading, Sample, allocation_sample
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from .culling import IdleCuller
     from .mps_daemons import MPSDaemons
 
-SOURCES = ("auto", "nvml", "allocation")
+SOURCES = ("auto", "nvml", "allocation", "dcgm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,9 @@ class LeaseUse:
     used_gpus: float
     memory_mib: int
     idle_since: float | None
+    measured: bool = True
+    """False where the use is the allocation (simulated GPUs) or an estimate (a shared card read
+    from DCGM): such a lease is never idle, and its GPU activity is not reported to the hub."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +90,32 @@ class GPUMonitor(LoggingConfigurable):
         "auto",
         help="""
         Where samples come from: 'nvml' (the NVIDIA driver), 'allocation' (each GPU is as busy as
-        it is allocated: for simulated GPUs, and labelled so on the pages), or 'auto': 'nvml'
-        when the inventory came from NVML, 'allocation' otherwise.
+        it is allocated: for simulated GPUs, and labelled so on the pages), 'dcgm' (NVIDIA's DCGM
+        exporters at dcgm_urls: Kubernetes mode, where the service is not on the GPU nodes;
+        it measures, it does not enforce: see spawner/service/telemetry/dcgm.py), or 'auto':
+        'nvml' when the inventory came from NVML, 'allocation' otherwise.
+        """,
+    ).tag(config=True)
+
+    dcgm_urls = List(
+        Unicode(),
+        [],
+        help="""
+        The metrics pages of the DCGM exporters, one per GPU node (the exporter is a DaemonSet),
+        e.g. ['http://10.0.3.7:9400/metrics']; read when source is 'dcgm'. HAMi's vGPU monitor
+        pages (:31992/metrics) are read the same way, alone or next to DCGM's. Run the exporter
+        with --kubernetes-enable-pod-labels (and --kubernetes-virtual-gpus where GPUs are
+        shared) so that each card's series carry its pods' gpuslice labels: that is how a card's
+        use is given to the lease that holds it when several leases share the card.
+        """,
+    ).tag(config=True)
+
+    dcgm_timeout_s = Float(
+        3.0,
+        help="""
+        Seconds to wait for one DCGM exporter page. An exporter that does not answer in time is
+        left out of that sample (its cards and their leases are not counted, never counted idle)
+        and the others are read as usual. Keep it under interval_s.
         """,
     ).tag(config=True)
 
@@ -238,6 +266,11 @@ class GPUMonitor(LoggingConfigurable):
 
     def start(self) -> asyncio.Task:
         """Poll until :meth:`stop`; the task is the caller's to await or cancel."""
+        if self.source == "dcgm" and not self.dcgm_urls:
+            raise ValueError(
+                "GPUMonitor.source is 'dcgm' but GPUMonitor.dcgm_urls is empty: name the DCGM "
+                "exporters' metrics pages (one per GPU node, e.g. http://<node>:9400/metrics)"
+            )
         self._task = asyncio.get_running_loop().create_task(self._run())
         return self._task
 
@@ -279,6 +312,8 @@ class GPUMonitor(LoggingConfigurable):
     async def poll(self) -> Poll:
         """Read one sample and act on it; returns what it saw and did."""
         now = self.clock()
+        if self.source == "dcgm":
+            return await self._poll_exporters(now)
         nodes, leases, sample, owners = await asyncio.to_thread(self._read, now)
         for error in sample.errors:
             self.log.warning("GPU monitor: NVML could not read %s", error)
@@ -295,13 +330,35 @@ class GPUMonitor(LoggingConfigurable):
         actions = self.tracker.decide(self.tracker.overuses(attributed, gpus), now)
         for action in actions:
             self._act(action, now)
-        lease_use = self._account(sample, gpus, leases, attributed, now)
+        used_by_lease, unknown = self._used_gpus(sample, attributed)
+        memory_by_lease: dict[str, int] = {}
+        for process, lease in attributed:
+            memory_by_lease[lease.id] = memory_by_lease.get(lease.id, 0) + process.memory_mib
+        lease_use = self._account(sample, gpus, leases, used_by_lease, unknown, memory_by_lease, now)
+        return await self._finish_poll(Poll(sample, owners, lease_use, tuple(unowned), tuple(actions)), now)
+
+    async def _poll_exporters(self, now: float) -> Poll:
+        """One poll from the DCGM exporters (Kubernetes mode): measure and account, no enforcement."""
+        self.measured = True
+        sample, pods = await dcgm.scrape(self.dcgm_urls, self.dcgm_timeout_s, now)
+        for error in sample.errors:
+            self.log.warning("GPU monitor: a DCGM exporter could not be read: %s", error)
+        nodes, leases = await asyncio.to_thread(lambda: (self.ledger.nodes(), self.ledger.list_leases()))
+        gpus = {gpu.uuid: gpu for node in nodes for gpu in node.gpus}
+        use = dcgm.lease_use(sample, pods, leases, self.idle_threshold_percent)
+        lease_use = self._account(
+            sample, gpus, leases, dict(use.used_gpus), set(use.estimated), dict(use.memory_mib), now
+        )
+        return await self._finish_poll(Poll(sample, {}, lease_use, (), ()), now)
+
+    async def _finish_poll(self, poll: Poll, now: float) -> Poll:
+        """What every poll does once its leases' use is known: culling, notices, the rollup."""
         if self.culler is not None:
-            due = self.culler.due(lease_use, now)
+            await self.culler.report_activity(poll.lease_use, now)
+            due = self.culler.due(poll.lease_use, now)
             for idle, reason in await self.culler.cull(due, self.idle_threshold_percent):
                 lease = idle.lease
                 self._notify(Notice(now, lease.user, lease.id, "stopped (GPU idle)", reason))
-        poll = Poll(sample, owners, lease_use, tuple(unowned), tuple(actions))
         self.last_poll = poll
         await self._save_notices(now)
         if self._last_flush_at is None:
@@ -377,17 +434,21 @@ class GPUMonitor(LoggingConfigurable):
         sample: Sample,
         gpus: Mapping[str, GPU],
         leases: Sequence[Lease],
-        attributed: Sequence[tuple[ProcessReading, Lease]],
+        used_by_lease: Mapping[str, float],
+        unknown: set[str],
+        memory_by_lease: Mapping[str, int],
         now: float,
     ) -> dict[str, LeaseUse]:
-        """Add this sample's seconds (since the previous one) to the counters and the rollup."""
+        """Add this sample's seconds (since the previous one) to the counters and the rollup.
+
+        ``used_by_lease``: GPUs each lease used in the sample; ``unknown``: leases whose use could
+        not be measured (never idle, figures marked not measured); ``memory_by_lease``: MiB."""
         previous, self._last_sample_at = self._last_sample_at, now
         # The first sample, and one after a long stall (a suspended host), count nothing before
         # them: the service cannot know what happened while nobody looked.
         elapsed = 0.0 if previous is None else now - previous
         if elapsed > 3 * self.interval_s or elapsed < 0:
             elapsed = 0.0
-        used_by_lease, unknown = self._used_gpus(sample, attributed)
         for reading in sample.gpus:
             gpu = gpus.get(reading.uuid)
             if gpu is None or reading.utilisation_percent is None:
@@ -408,9 +469,6 @@ class GPUMonitor(LoggingConfigurable):
                 )
             if self.metrics is not None:
                 self.metrics.observe_gpu_busy(gpu.index, gpu.node, pools, elapsed if busy else 0.0)
-        memory_by_lease: dict[str, int] = {}
-        for process, lease in attributed:
-            memory_by_lease[lease.id] = memory_by_lease.get(lease.id, 0) + process.memory_mib
         sampled = {reading.uuid for reading in sample.gpus}
         uses: dict[str, LeaseUse] = {}
         for lease in leases:
@@ -444,7 +502,12 @@ class GPUMonitor(LoggingConfigurable):
             else:
                 self._idle_since.pop(lease.id, None)
             uses[lease.id] = LeaseUse(
-                lease, allocated, used, memory_by_lease.get(lease.id, 0), self._idle_since.get(lease.id)
+                lease,
+                allocated,
+                used,
+                memory_by_lease.get(lease.id, 0),
+                self._idle_since.get(lease.id),
+                measured,
             )
         for gone in set(self._idle_since) - set(uses):
             del self._idle_since[gone]

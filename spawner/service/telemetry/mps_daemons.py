@@ -20,6 +20,7 @@ import asyncio
 import math
 import os
 import pwd
+import shutil
 from collections.abc import Iterable, Sequence
 
 import psutil
@@ -113,6 +114,45 @@ class MPSDaemons(LoggingConfigurable):
         self.limits: dict[str, MPSLimits] = {}
         self.servers: dict[tuple[str, int], tuple[int, MPSLimits]] = {}
         """(card uuid, uid) -> (MPS server pid, limits set on it), for the servers started here."""
+        self.without_daemon: dict[str, str] = {}
+        """Cards in an MPS pool that have no daemon, with why (logged once per card)."""
+
+    def serves(self, gpu_uuid: str) -> bool:
+        """Whether a daemon of this service runs for ``gpu_uuid``: what ``GET gpus`` tells the hub
+        (``mps_daemon``), so that a server is pointed at a card's pipe only where one listens."""
+        return gpu_uuid in self.controls
+
+    def _no_daemon(self, gpu: GPU, why: str) -> None:
+        if self.without_daemon.get(gpu.uuid) != why:
+            self.without_daemon[gpu.uuid] = why
+            self.log.warning(
+                "MPS: GPU %s #%d (%s) is in an MPS pool but gets no daemon: %s; its slices are held "
+                "by GPUMonitor.enforcement only",
+                gpu.node,
+                gpu.index,
+                gpu.uuid,
+                why,
+            )
+
+    def pooled_gpus(self, nodes: Sequence[Node]) -> list[tuple[GPU, str | None]]:
+        """Every card in one of :attr:`pools`, with why it cannot get a daemon (None: it can)."""
+        pooled = []
+        for node in nodes:
+            source = node.labels.get(SOURCE_LABEL, "")
+            for gpu in node.gpus:
+                if set(gpu.pools).isdisjoint(self.pools):
+                    continue
+                if gpu.simulated:
+                    why: str | None = "it is a simulated GPU (no driver to run MPS with)"
+                elif source != "nvml":
+                    why = (
+                        "NVML did not find it on this host (its inventory source is "
+                        f"{source or 'unknown'!r}); the service runs daemons only for the cards NVML lists"
+                    )
+                else:
+                    why = None
+                pooled.append((gpu, why))
+        return pooled
 
     def shared_gpus(self, nodes: Sequence[Node]) -> list[GPU]:
         """The real cards of this host in an MPS pool (simulated GPUs have no driver to run MPS)."""
@@ -124,16 +164,32 @@ class MPSDaemons(LoggingConfigurable):
             if has_card_daemon(gpu.pools, simulated=gpu.simulated, mps_pools=self.pools)
         ]
 
+    def _program_missing(self) -> str | None:
+        """Why the control program cannot be run, or None."""
+        if os.sep in self.program:
+            return None if os.access(self.program, os.X_OK) else f"{self.program} is not an executable file"
+        return None if shutil.which(self.program) else f"{self.program} is not found on PATH"
+
     def start(self, nodes: Sequence[Node], requests: Iterable[SliceRequest]) -> list[str]:
         """Start a daemon with its default limits on each shared card; the uuids started (blocking)."""
         requests = list(requests)
         started = []
-        for gpu in self.shared_gpus(nodes):
+        for gpu, why in self.pooled_gpus(nodes):
+            if why is not None:
+                self._no_daemon(gpu, why)
+        shared = self.shared_gpus(nodes)
+        missing = self._program_missing() if shared else None
+        if missing is not None:
+            # Loud, and at start: an admin who chose MPS for a pool of real cards wants it, or to
+            # hear at once why not, rather than servers silently held by the watchdog only.
+            raise MPSError(
+                f"MPSDaemons.pools {sorted(self.pools)} has {len(shared)} NVML card(s) but {missing}; "
+                "install the NVIDIA driver's MPS tools or set MPSDaemons.program, or leave the pools out"
+            )
+        for gpu in shared:
             limits = smallest_slice_limits(gpu, requests)
             if limits is None:
-                self.log.warning(
-                    "MPS: no profile places a slice on GPU %s #%d; no daemon for it", gpu.node, gpu.index
-                )
+                self._no_daemon(gpu, "no profile places a fractional slice on it")
                 continue
             control = MPSControl(gpu.uuid, self.root, program=self.program)
             try:

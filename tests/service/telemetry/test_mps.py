@@ -4,13 +4,15 @@ PATH (tests/service/telemetry/fake_mps/) stands in for NVIDIA's where there is n
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
-from spawner.core.units import SliceRequest
+from spawner.core.units import GPU, Node, SliceRequest
 from spawner.enforce.mps import MPSControl, MPSError, MPSLimits
+from spawner.inventory import SOURCE_LABEL
 from spawner.service.telemetry.mps_daemons import MPSDaemons, smallest_slice_limits
 
 from .conftest import DEV_UUIDS, TRAIN_UUID, grant, inventory
@@ -131,3 +133,74 @@ def test_each_users_mps_server_is_started_and_held_to_their_slices(tmp_path, fak
         assert held["pinned_mem_limit"] == {"0": "20480M"} and held["active_thread_percentage"] == 25
     finally:
         daemons.stop()
+
+
+def mixed_inventory() -> list[Node]:
+    """The NVML host of the other tests, plus a node from a static inventory (a card NVML did not
+    find) and a simulated card, both in the MPS pool."""
+    static = Node(
+        "static-a",
+        16000,
+        65536,
+        (GPU("GPU-static-a-0", "static-a", 0, "A100-80GB", 81920),),
+        labels={SOURCE_LABEL: "static"},
+    )
+    simulated = Node(
+        "sim-a",
+        16000,
+        65536,
+        (GPU("GPU-sim-a-0", "sim-a", 0, "A100-80GB", 81920, simulated=True),),
+        labels={SOURCE_LABEL: "simulated"},
+    )
+    return [*inventory(), static, simulated]
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_only_cards_whose_daemon_runs_are_served_and_each_other_says_why_once(tmp_path, fake_mps):
+    daemons = MPSDaemons(pools=["dev"], root=str(tmp_path / "mps"))
+    records = Records()
+    daemons.log.addHandler(records)
+    try:
+        daemons.start(mixed_inventory(), [SliceRequest(milli_gpu=125, pool="dev")])
+        daemons.start(mixed_inventory(), [])  # asked again: nothing new to say of those cards
+    finally:
+        daemons.stop()
+        daemons.log.removeHandler(records)
+    assert [daemons.serves(uuid) for uuid in (*DEV_UUIDS, TRAIN_UUID)] == [False, False, False]  # stopped
+    assert set(daemons.without_daemon) == {"GPU-static-a-0", "GPU-sim-a-0", *DEV_UUIDS}
+    assert (
+        "NVML did not find it on this host (its inventory source is 'static')"
+        in (daemons.without_daemon["GPU-static-a-0"])
+    )
+    assert "simulated GPU" in daemons.without_daemon["GPU-sim-a-0"]
+    # The second start found no profile for the dev cards: said once each, as the others.
+    assert daemons.without_daemon[DEV_UUIDS[0]] == "no profile places a fractional slice on it"
+    said = [message for message in records.messages if "gets no daemon" in message]
+    assert len(said) == 4 and sum("GPU-static-a-0" in message for message in said) == 1
+
+
+def test_a_running_daemon_is_what_serves_says(tmp_path, fake_mps):
+    daemons = MPSDaemons(pools=["dev"], root=str(tmp_path / "mps"))
+    daemons.start(mixed_inventory(), [SliceRequest(milli_gpu=125, pool="dev")])
+    try:
+        assert [daemons.serves(uuid) for uuid in DEV_UUIDS] == [True, True]
+        assert not daemons.serves(TRAIN_UUID) and not daemons.serves("GPU-static-a-0")
+    finally:
+        daemons.stop()
+
+
+def test_a_missing_control_program_stops_the_start_only_where_a_daemon_was_due(tmp_path):
+    daemons = MPSDaemons(pools=["dev"], root=str(tmp_path / "mps"), program="no-such-mps-control")
+    with pytest.raises(MPSError, match="no-such-mps-control is not found on PATH"):
+        daemons.start(inventory(), [SliceRequest(milli_gpu=125, pool="dev")])
+    static_only = [node for node in mixed_inventory() if node.labels.get(SOURCE_LABEL) != "nvml"]
+    assert daemons.start(static_only, [SliceRequest(milli_gpu=125, pool="dev")]) == []
+    assert not daemons.controls

@@ -10,8 +10,9 @@ artifact runs it: the fragmentation of a node is the GPU capacity it has free th
 from the workload could not use, averaged over the workload's request types; a request goes where
 the artifact's integer score of that change is best. ``best-fit`` and ``packing`` are the
 artifact's baselines, scored as it scores them. ``default`` is our policy: FGD's score, with its
-ties given to the fullest node (see ``PackedFragmentation``). The policies that copy the artifact
-settle their remaining ties by a seeded random order of the nodes, as the artifact does.
+ties given to the node with the least of its GPUs free (see ``PackedFragmentation``). The
+policies that copy the artifact settle their remaining ties by a seeded random order of the
+nodes, as the artifact does.
 """
 
 from __future__ import annotations
@@ -533,21 +534,25 @@ class FragmentationGradientDescent(PlacementPolicy):
 
 
 class PackedFragmentation(FragmentationGradientDescent):
-    """Our default: FGD as the artifact runs it, with its ties given to the fullest node.
+    """Our default: FGD as the artifact runs it, with its ties given to the node with the smallest
+    share of its GPUs free.
 
     FGD's integer score leaves many moves tied: every move that changes expected fragmentation by
     about the same amount (within some 40 milli-GPU near zero), which early on is most of them. FGD
     then takes the first tied node in a fixed random node order: first fit, in an order that knows
-    nothing of the nodes. Among the moves of the best FGD score, our default takes the node that is
-    fullest now, free GPU plus free CPU each as a share of the node (then the first in the seeded
-    order): best fit. Work then goes to nodes already in use, and the emptiest nodes stay whole for
-    the gangs and large, CPU-hungry tasks that only they can still take; counting CPU as well as GPU
-    sends work first to nodes whose CPU is already mostly taken, whose GPUs fewer tasks can use.
-    No move is taken that FGD's own score ranks worse.
+    nothing of the nodes. Among the moves of the best FGD score, our default takes the node with
+    the smallest share of its GPU capacity free (then the first in the seeded order): best fit by
+    GPU. Work then goes to nodes already in use, and nodes with many idle GPUs stay whole for the
+    gangs and large tasks that only they can still take. The share, not the count, is compared, so
+    that a node of any size that is nearly used up is finished before a half-used one is touched.
+    CPU does not enter the tie rule: FGD's measure already counts a node's free GPUs as fragment
+    for every task type whose CPU no longer fits there, so a second CPU term would count that
+    twice (measured: it does worse, see benchmarks/README.md). No move is taken that FGD's own
+    score ranks worse.
     """
 
     name = "default"
-    description = "FGD's score; among its ties the node left fullest (GPU and CPU share)"
+    description = "FGD's score; among its ties the node with the smallest share of its GPUs free"
 
     def choose(self, cluster: ClusterState, request: SliceRequest, cost: np.ndarray) -> int | None:
         best = float(np.min(cost))
@@ -556,10 +561,11 @@ class PackedFragmentation(FragmentationGradientDescent):
         near = np.flatnonzero(cost == best)
         if near.size == 1:
             return int(near[0])
-        gpu_left = cluster.milli_free[near].sum(axis=1) / np.maximum(cluster.gpu_milli_total[near], 1)
-        cpu_left = cluster.cpu_free[near] / np.maximum(cluster.cpu_total[near], 1)
-        left = gpu_left + cpu_left
-        near = near[left <= left.min() + 1e-9]
+        # Compared as exact fractions (free * other total), so equal shares tie exactly.
+        free = cluster.milli_free[near].sum(axis=1).astype(np.int64)
+        total = np.maximum(cluster.gpu_milli_total[near], 1)
+        least = int(np.argmin(free / total))
+        near = near[free * total[least] == free[least] * total]
         return int(near[np.argmin(self.node_order(cluster)[near])])
 
 

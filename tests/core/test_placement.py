@@ -145,20 +145,44 @@ def test_default_never_takes_a_move_fgd_scores_worse():
     assert default.place(cluster, SliceRequest(milli_gpu=300)).node == "node1"
 
 
-def test_default_gives_fgd_ties_to_the_fullest_node_by_gpu_and_cpu():
-    # Both nodes have the same free GPUs; "busy" has less CPU free, so it is the fuller one.
+def test_default_gives_fgd_ties_to_the_node_with_the_smallest_share_of_gpus_free():
+    # Whole-GPU work on whole GPUs: every idle GPU taken changes FGD's fragmentation alike, so all
+    # three nodes tie. "half" (4 of 8 free) has the most GPUs in use, "small" (1 of 2 free) the
+    # fewest GPUs free; "big" (3 of 8 free) has the smallest share free and wins.
+    nodes = [make_node("half", gpus=8), make_node("small", gpus=2), make_node("big", gpus=8)]
+    cluster = ClusterState(nodes)
+    occupy(cluster, "half", 1000, 1000, 1000, 1000)
+    occupy(cluster, "small", 1000)
+    occupy(cluster, "big", 1000, 1000, 1000, 1000, 1000)
+    workload = [(SliceRequest(gpus=1), 1.0)]
+    for seed in range(4):
+        assert get_policy("default", workload, seed=seed).place(cluster, SliceRequest(gpus=1)).node == "big"
+
+
+def test_default_tie_rule_does_not_count_cpu_again():
+    # FGD's measure already counts CPU (a type whose CPU does not fit makes every free GPU a
+    # fragment); here the type's CPU fits both nodes after the move, so the moves tie. "busy" has
+    # less CPU free but more of its GPUs free: the tie goes by GPU share alone, to "quiet".
     nodes = [make_node("quiet", gpus=4, cpu_milli=64000), make_node("busy", gpus=4, cpu_milli=64000)]
     cluster = ClusterState(nodes)
-    cluster.allocate(Placement("busy", (), cpu_milli=16000))
+    occupy(cluster, "quiet", 1000)
+    cluster.allocate(Placement("busy", (), cpu_milli=40000))
     workload = [(SliceRequest(gpus=1, cpu_milli=4000), 1.0)]
-    assert get_policy("default", workload).place(cluster, SliceRequest(gpus=1, cpu_milli=4000)).node == "busy"
+    fgd = get_policy("fgd", workload)
+    cost, _ = fgd._cache(cluster, SliceRequest(gpus=1, cpu_milli=4000)).best_moves(
+        SliceRequest(gpus=1, cpu_milli=4000)
+    )
+    assert cost[0] == cost[1]  # FGD scores both moves the same
+    assert (
+        get_policy("default", workload).place(cluster, SliceRequest(gpus=1, cpu_milli=4000)).node == "quiet"
+    )
 
 
-def test_default_breaks_remaining_ties_toward_the_fullest_node_then_the_seeded_order():
+def test_default_breaks_remaining_ties_toward_the_least_free_node_then_the_seeded_order():
     cluster = ClusterState(make_cluster_nodes(3, gpus=4))
     occupy(cluster, "node2", 1000, 1000)
     workload = [(SliceRequest(gpus=1), 1.0)]
-    # Any idle GPU adds the same fragmentation and destroys one copy; the fullest node keeps
+    # Any idle GPU adds the same fragmentation; the node with the least of its GPUs free keeps
     # node0 and node1 whole for 4-GPU gangs.
     assert get_policy("default", workload).place(cluster, SliceRequest(gpus=1)).node == "node2"
     idle = ClusterState(make_cluster_nodes(3, gpus=4))

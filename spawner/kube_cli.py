@@ -66,6 +66,13 @@ def _render(args: argparse.Namespace) -> int:
     if args.backend:
         pool = pool.with_backend(args.backend)
     comments = [f"profile {profile.slug} ({profile.source}), pool {profile.pool}, back-end {pool.backend}"]
+    try:
+        profile, left_out = _with_options(profile, args.option)
+    except ValueError as error:
+        print(f"gpuslice k8s render: {error}", file=sys.stderr)
+        return 2
+    if left_out:
+        comments.append(f"also set by the profile's options, not shown here: {', '.join(left_out)}")
     lease = None
     if profile.has_gpu:
         memory = profile.gpu_memory_mib
@@ -90,6 +97,35 @@ def _render(args: argparse.Namespace) -> int:
         return 1
     _print_yaml(manifest, comments)
     return 0
+
+
+def _with_options(profile, written: list[str]):
+    """The profile with the image and environment its ``profile_options`` choose (``--option
+    NAME=CHOICE``, else each option's default, as the spawner picks them), and the names of the
+    other settings the choices override, which only KubeSpawner's own pod applies."""
+    import dataclasses
+
+    from spawner.config.profile_options import OptionRefused, profile_option_overrides
+
+    chosen = {}
+    for item in written:
+        name, equals, choice = item.partition("=")
+        if not equals or not name:
+            raise ValueError(f"--option takes NAME=CHOICE (or NAME--unlisted-choice=VALUE), got {item!r}")
+        chosen[name] = choice
+    unknown = sorted(
+        {name.removesuffix("--unlisted-choice") for name in chosen} - {o.name for o in profile.options}
+    )
+    if unknown:
+        offered = ", ".join(option.name for option in profile.options) or "none"
+        raise ValueError(f"profile {profile.slug} has no option {unknown[0]!r}; its options: {offered}")
+    try:
+        overrides = profile_option_overrides(profile.options, chosen)
+    except OptionRefused as error:
+        raise ValueError(str(error)) from None
+    image = overrides.pop("image", None) or profile.image
+    environment = {**profile.environment, **overrides.pop("environment", {})}
+    return dataclasses.replace(profile, image=image, environment=environment), sorted(overrides)
 
 
 def _render_job(args: argparse.Namespace) -> int:
@@ -136,6 +172,14 @@ def add_kube_commands(commands: argparse._SubParsersAction) -> None:
     render.add_argument("--backend", choices=BACKENDS, help="another slice back-end than the pool's")
     render.add_argument("--node", default=EXAMPLE_NODE, help="the node a pinned slice is shown on")
     render.add_argument("--namespace", default="default")
+    render.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=CHOICE",
+        help="a choice of one of the profile's profile_options (NAME--unlisted-choice=VALUE for a value "
+        "of one's own); options not given take their default",
+    )
     render.add_argument("directory", nargs="?", help="profiles directory (default: ./profiles)")
     render.set_defaults(handler=_render)
 

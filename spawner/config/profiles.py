@@ -37,6 +37,7 @@ from spawner.core.vocabulary import DEV_POOL
 
 from . import yaml_lines
 from .kube_backends import KubeSettings, kube_settings, mig_problem
+from .profile_options import ProfileOption, option_problems, profile_options
 from .quotas import entry_count, quota_policy
 from .yaml_problems import (
     ConfigFileError,
@@ -114,6 +115,9 @@ class Profile:
     groups: frozenset[str] = frozenset()
     default: bool = False
     source: str = field(default="", compare=False)
+    options: tuple[ProfileOption, ...] = field(default=(), hash=False)
+    """KubeSpawner-style ``profile_options`` (:mod:`.profile_options`): choices inside the profile,
+    applied to a Kubernetes pod; the local spawner has no pod for them."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpu_models", tuple(self.gpu_models))
@@ -423,6 +427,8 @@ def _entry_problems(place: _Place, entry: Mapping[str, Any]) -> list[Problem]:
         limit, guarantee = _figure(entry["cpu_limit"]), _figure(entry["cpu_guarantee"])
         text = f"expected at most cpu_limit ({limit}), got {guarantee}"
         problems.append(place.problem("cpu_guarantee", text))
+    for path, text in option_problems(entry):
+        problems.append(problem_at(place.filename, place.document, (*place.path, *path), text))
     return problems
 
 
@@ -450,6 +456,7 @@ def _profile(entry: Mapping[str, Any], source: str) -> Profile:
         groups=frozenset(entry.get("groups", ())),
         default=bool(entry.get("default", False)),
         source=source,
+        options=profile_options(entry),
     )
 
 

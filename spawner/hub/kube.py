@@ -6,6 +6,11 @@ it depends on the pool's back-end in the profiles' ``kubernetes:`` mapping (MIG 
 replicas, HAMi limits, a KAI annotation, or a pinned node and GPU), built by the pure
 :func:`spawner.enforce.kube_objects.pod_slice` that ``gpuslice k8s render`` prints too.
 
+A profile may offer KubeSpawner-style ``profile_options`` (a choice of image, say;
+:mod:`spawner.config.profile_options`): the form shows those of the chosen profile under
+KubeSpawner's field names, and the chosen override is applied after the profile and before the
+slice, so no option can change what holds the slice.
+
 The lease lives as long as the pod: taken before the pod is created, given back when the server
 stops, when the start fails, and when ``poll`` finds the pod gone (evicted, its node deleted), and
 kept in the hub's state with the pod's name so a hub restart finds both again.
@@ -13,13 +18,18 @@ kept in the hub's state with the pod's name so a hub restart finds both again.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from importlib import resources
 from typing import Any
 
+import jinja2
 from kubespawner import KubeSpawner
+from kubespawner.utils import recursive_update
 from traitlets import Unicode, default
 
 from spawner.config.kube_backends import BACKEND_CAVEATS
+from spawner.config.profile_options import UNLISTED_SUFFIX, OptionRefused, profile_option_overrides
 from spawner.config.profiles import Profile
 from spawner.enforce.kube_objects import PodSlice, pod_slice, server_labels
 
@@ -37,6 +47,11 @@ there would hide the GPU the pod was given; JUPYTER_PATH would name the hub's in
 package, while the notebook image sets its own (images/notebook/Dockerfile). The memory-share
 variables (XLA, TensorFlow, PyTorch) stay."""
 MPS_LIMIT_PREFIX = "CUDA_MPS_"
+OPTIONS_TEMPLATE = "profile_options.html"
+OPTION_FIELD_PREFIX = "profile-option-"
+"""KubeSpawner's form field names for a profile's options: ``profile-option-<profile>--<option>``."""
+UNLISTED_VALUE = "--unlisted-choice"
+"""The value of the "Other..." entry of an option's list: the free-text field then holds the choice."""
 
 
 class KubeGPUSpawner(GPUSliceSpawnerMixin, KubeSpawner):
@@ -85,16 +100,85 @@ class KubeGPUSpawner(GPUSliceSpawnerMixin, KubeSpawner):
         return told, chosen
 
     def apply_profile(self, profile: Profile) -> None:
+        """The profile, then the override of each of its ``profile_options`` as ``user_options``
+        chose it (KubeSpawner's names: ``{"image": "pytorch"}``); the slice comes later, in
+        :meth:`get_pod_manifest`, so it always wins. A choice the profile does not offer is refused
+        before any slice is taken."""
+        self._restore_option_settings()
         super().apply_profile(profile)
         self.image = profile.image or self.image_default
         self._gpuslice_profile = profile
+        self._configured_placement()  # the admin's placement settings, read before any option
+        try:
+            overrides = profile_option_overrides(profile.options, self.user_options or {})
+        except OptionRefused as error:
+            raise SpawnRefused(400, f"{profile.display_name}: {error}.", reason="profile") from None
+        self._apply_option_overrides(overrides)
+
+    def _apply_option_overrides(self, overrides: dict[str, Any]) -> None:
+        """Set each overridden setting as KubeSpawner does (a mapping is merged into the current
+        one, anything else replaces it), keeping what it was so the next start begins from it."""
+        saved = self._option_settings_saved()
+        for name, value in overrides.items():
+            current = getattr(self, name)
+            saved.setdefault(name, copy.deepcopy(current))
+            if isinstance(value, dict) and isinstance(current, dict):
+                merged = copy.deepcopy(current)
+                recursive_update(merged, copy.deepcopy(value))
+                setattr(self, name, merged)
+            else:
+                setattr(self, name, copy.deepcopy(value))
+            self.log.debug("gpuslice: %s set by a profile option of %s", name, self._log_name)
+
+    def _restore_option_settings(self) -> None:
+        """The settings the last start's options changed, back to what they were before it: a
+        restart with other choices must not keep the last ones (a spawner lives across starts)."""
+        saved = self._option_settings_saved()
+        for name, value in saved.items():
+            setattr(self, name, copy.deepcopy(value))
+        saved.clear()
+
+    def _option_settings_saved(self) -> dict[str, Any]:
+        if not hasattr(self, "_gpuslice_option_settings"):
+            self._gpuslice_option_settings: dict[str, Any] = {}
+        return self._gpuslice_option_settings
+
+    async def render_options_form(self) -> str:
+        """The mixin's dropdown, then the ``profile_options`` of the profiles that have some, each
+        shown while its profile is the one chosen (as KubeSpawner's own form shows them)."""
+        form = await super().render_options_form()
+        visible, _ = await self.visible_profiles()
+        with_options = [profile for profile in visible if profile.options]
+        if not with_options:
+            return form
+        return form + _options_template().render(
+            profiles=with_options, unlisted_value=UNLISTED_VALUE, unlisted_suffix=UNLISTED_SUFFIX
+        )
+
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, str]:
+        """``{"profile": slug}`` plus the chosen profile's options, named as KubeSpawner names them
+        in ``user_options`` (``image``, or ``image--unlisted-choice`` for a value of one's own).
+
+        Fields of other profiles are dropped; the choices are checked against the profile at start.
+        """
+        user_options = super().options_from_form(formdata)
+        prefix = f"{OPTION_FIELD_PREFIX}{user_options.get('profile', '')}--"
+        for field, values in formdata.items():
+            value = (values or [""])[0].strip()
+            if not user_options.get("profile") or not field.startswith(prefix) or not value:
+                continue
+            if value == UNLISTED_VALUE:
+                continue  # "Other...": the free-text field beside it holds the choice
+            user_options[field[len(prefix) :]] = value
+        return user_options
 
     async def load_user_options(self) -> None:
         """Nothing more to load: the mixin's ``start`` applied the gpuslice profile named by
         ``user_options["profile"]`` (image, CPU, memory, the slice) before KubeSpawner's start.
 
         KubeSpawner reads the same option as a slug of its own ``profile_list``, which gpuslice's
-        profiles replace; consulting it would refuse every gpuslice slug as unknown.
+        profiles replace; consulting it would refuse every gpuslice slug as unknown. The profile's
+        ``profile_options`` are gpuslice's too, applied by :meth:`apply_profile`.
         """
         return None
 
@@ -153,3 +237,8 @@ class KubeGPUSpawner(GPUSliceSpawnerMixin, KubeSpawner):
         super().clear_state()
         self.granted_lease = None
         self.pod_slice_applied = None
+
+
+def _options_template() -> jinja2.Template:
+    source = resources.files("spawner.hub").joinpath("templates", OPTIONS_TEMPLATE).read_text()
+    return jinja2.Environment(autoescape=True).from_string(source)

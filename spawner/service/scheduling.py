@@ -7,7 +7,9 @@ races a start):
 
 1. polls the executor for every running job, and finishes those that exited (succeeded or
    failed, with the exit code and "time limit reached" when the executor stopped them) or whose
-   process vanished, giving back their leases;
+   process vanished, giving back their leases. An executor with a watch (:meth:`Executor.run_ends`,
+   the Kubernetes Jobs') reports ends as they happen: a pass runs at once and polls, and between
+   reports the running jobs are polled only every ``resync_seconds``, in case the watch missed one;
 2. builds the scheduler's view: the nodes batch work may use (the allocator moves the dev GPUs it
    holds for interactive slices out of the pools), the live leases (interactive slices and
    anything not held by a running job just occupy their GPUs), running jobs with their
@@ -129,6 +131,20 @@ class BatchScheduler(LoggingConfigurable):
         """,
     ).tag(config=True)
 
+    resync_seconds = Float(
+        300.0,
+        help="""
+        With an executor that reports run ends from a watch (the Kubernetes Job executor), how
+        often (seconds) every running job is still polled, in case the watch missed an end. Each
+        reported end starts a pass that polls at once; while the watch is broken every pass polls.
+        Executors without a watch are polled at every pass.
+        """,
+    ).tag(config=True)
+
+    watch_retry_seconds = Float(
+        5.0, help="Seconds before a broken watch of run ends (see resync_seconds) is opened again."
+    ).tag(config=True)
+
     def __init__(self, jobs: JobService, allocator: Allocator, executor: Executor, **kwargs):
         super().__init__(**kwargs)
         self.jobs = jobs
@@ -138,6 +154,11 @@ class BatchScheduler(LoggingConfigurable):
         self._usage_at: float | None = None
         self._usage_loaded = False
         self._callback: PeriodicCallback | None = None
+        self._watching = False  # the executor's watch of run ends is open
+        self._end_reported = False  # it reported an end no pass has polled for yet
+        self._polled_at = float("-inf")
+        self._pass_wanted = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
         # The sorted queue and the cluster's capacity, kept from pass to pass: a pass costs what
         # changed since the last one, and decides exactly as core.scheduler.schedule would.
         self.incremental = IncrementalScheduler()
@@ -174,7 +195,7 @@ class BatchScheduler(LoggingConfigurable):
         result (:meth:`JobService.publish`)."""
         jobs = self.jobs
         now = time.time() if now is None else now
-        finished = await self.poll_running()
+        finished = await self.poll_running() if self._poll_due() else []
         await self._load_usage()
         # The queue as the scheduler weighs it, without payloads: a busy day queues thousands of
         # jobs, and only those this pass starts are read whole (see _start).
@@ -379,6 +400,7 @@ class BatchScheduler(LoggingConfigurable):
                     # One job's trouble holds up no other's; the pass tries its start again.
                     self.log.exception("job %s: recovering its start failed", record.id)
             await self.poll_running(lost_reason=LOST_IN_RESTART)
+            self._polled_at = time.monotonic()
 
     async def _adopt(self, record: JobRecord) -> bool:
         """Make a queued job ``running`` if its next run has a process (started before a crash);
@@ -407,6 +429,42 @@ class BatchScheduler(LoggingConfigurable):
         self.log.info("job %s: adopted run %s after a restart", record.id, lease_id)
         return True
 
+    def _poll_due(self) -> bool:
+        """Whether this pass polls the running jobs: always without a watch of run ends; with
+        one, when it reported an end, or when ``resync_seconds`` have passed since the last poll."""
+        clock = time.monotonic()
+        if self._watching and not self._end_reported and clock - self._polled_at < self.resync_seconds:
+            return False
+        self._end_reported = False
+        self._polled_at = clock
+        return True
+
+    async def follow_run_ends(self) -> None:
+        """Ask for a pass whenever the executor's watch reports an end; reopen a broken watch
+        after ``watch_retry_seconds``, polling at every pass meanwhile (ends may be missed)."""
+        while True:
+            ends = self.executor.run_ends()
+            if ends is None:
+                return
+            try:
+                self._watching = True
+                async for run in ends:
+                    self.log.debug("run %s ended (reported by the executor's watch)", run)
+                    self._end_reported = True
+                    self._pass_wanted.set()
+                raise ConnectionError("the watch ended")
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self._watching = False
+                self.log.warning(
+                    "the executor's watch of run ends broke (%s); polling every running job at each "
+                    "pass until it is reopened in %ss",
+                    error,
+                    self.watch_retry_seconds,
+                )
+            await asyncio.sleep(self.watch_retry_seconds)
+
     async def pass_and_publish(self) -> PassResult:
         """One pass under the job service's lock, its result published where the API reads it."""
         async with self.jobs.lock:
@@ -425,12 +483,20 @@ class BatchScheduler(LoggingConfigurable):
                     "the batch scheduling pass failed; trying again in %ss", self.interval_seconds
                 )
 
+        async def on_request() -> None:
+            while True:
+                await self._pass_wanted.wait()
+                self._pass_wanted.clear()
+                await tick()
+
         async def begin() -> None:
             try:
                 await self.recover()
             except Exception:
                 self.log.exception("recovering the running jobs failed; the next pass polls them again")
             if self.interval_seconds > 0:
+                loop = asyncio.get_running_loop()
+                self._tasks = [loop.create_task(self.follow_run_ends()), loop.create_task(on_request())]
                 self._callback = PeriodicCallback(tick, self.interval_seconds * 1000)
                 self._callback.start()
                 await tick()
@@ -440,3 +506,5 @@ class BatchScheduler(LoggingConfigurable):
     def stop(self) -> None:
         if self._callback is not None:
             self._callback.stop()
+        for task in self._tasks:
+            task.cancel()

@@ -55,7 +55,8 @@ def test_a_fraction_of_a_thousand_or_more_says_to_use_whole_gpus(profiles_dir):
             ["mili_gpu: 125"],
             "profiles/p.yaml:4: profiles[0].mili_gpu: unknown field (did you mean 'milli_gpu'?); expected "
             "one of: slug, display_name, description, milli_gpu, gpus, gpu_memory_mib, gpu_models, pool, "
-            "cpu_limit, cpu_guarantee, mem_limit, mem_guarantee, image, environment, groups, default",
+            "cpu_limit, cpu_guarantee, mem_limit, mem_guarantee, image, environment, groups, default, "
+            "profile_options",
         ),
         (
             ["pool: devv"],

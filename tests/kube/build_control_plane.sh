@@ -11,6 +11,11 @@
 # The binaries go to ~/.cache/gpuslice-kube/<release>/bin (GPUSLICE_KUBE_CACHE overrides the
 # root), outside the work tree, and are reused: a finished build leaves a stamp and a second run
 # returns at once. Builds from the Go module proxy only.
+#
+# Last, Kueue's controller (sigs.k8s.io/kueue, its module has no replace directives, so `go install`
+# builds it) and its CRDs go to ~/.cache/gpuslice-kube/kueue-<version>/ for tests/kube/test_kueue.py
+# (Kueue mode). It is optional: when it fails the control plane stands and that test is skipped;
+# GPUSLICE_SKIP_KUEUE_BUILD=1 leaves it out.
 set -euo pipefail
 
 KUBE_VERSION="${GPUSLICE_KUBE_VERSION:-v1.37.2}"
@@ -20,9 +25,33 @@ CACHE_ROOT="${GPUSLICE_KUBE_CACHE:-$HOME/.cache/gpuslice-kube}"
 DEST="$CACHE_ROOT/$KUBE_VERSION"
 BIN="$DEST/bin"
 STAMP="$DEST/.built-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION"
+KUEUE_VERSION="${GPUSLICE_KUEUE_VERSION:-v0.17.0}"
+KUEUE_DEST="$CACHE_ROOT/kueue-$KUEUE_VERSION"
+
+build_kueue() {
+    if [ "${GPUSLICE_SKIP_KUEUE_BUILD:-}" = 1 ] || [ -f "$KUEUE_DEST/.built" ]; then
+        return 0
+    fi
+    local started kueue_dir
+    started=$(date +%s)
+    mkdir -p "$KUEUE_DEST/bin" "$KUEUE_DEST/crd"
+    echo "[$(date -u +%T)] building kueue $KUEUE_VERSION"
+    GOBIN="$KUEUE_DEST/bin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+    kueue_dir=$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+    install -m 0644 "$kueue_dir"/config/components/crd/bases/*.yaml "$KUEUE_DEST/crd/"
+    touch "$KUEUE_DEST/.built"
+    echo "[$(date -u +%T)] kueue $KUEUE_VERSION built in $KUEUE_DEST in $(( $(date +%s) - started )) s"
+}
+
+kueue_or_warn() {
+    if ! (build_kueue); then
+        echo "warning: Kueue $KUEUE_VERSION was not built; tests/kube/test_kueue.py will be skipped" >&2
+    fi
+}
 
 if [ -f "$STAMP" ]; then
     echo "control plane $KUBE_VERSION already built in $BIN"
+    command -v go >/dev/null && kueue_or_warn
     exit 0
 fi
 command -v go >/dev/null || { echo "go is not on PATH: cannot build the control plane" >&2; exit 1; }
@@ -102,3 +131,4 @@ GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$K
 touch "$STAMP"
 echo "[$(date -u +%T)] control plane $KUBE_VERSION built in $BIN in $(( $(date +%s) - started )) s"
 ls -la "$BIN"
+kueue_or_warn

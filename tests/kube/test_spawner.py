@@ -42,6 +42,23 @@ profiles:
     mem_guarantee: 1G
     mem_limit: 2G
     image: registry.invalid/gpuslice-notebook:test
+  - slug: a100-1-8-images
+    display_name: 1/8 A100 · choice of image
+    milli_gpu: 125
+    gpu_models: [A100-80GB]
+    cpu_limit: 1
+    profile_options:
+      image:
+        display_name: Image
+        choices:
+          torch:
+            display_name: PyTorch
+            kubespawner_override: {{image: registry.invalid/torch:1}}
+          jax:
+            display_name: JAX
+            kubespawner_override:
+              image: registry.invalid/jax:2
+              environment: {{XLA_FLAGS: --xla_gpu_strict}}
 """
 QUOTAS = quotas_yaml(
     """\
@@ -201,5 +218,57 @@ def test_a_gpu_profile_spawns_a_pod_holding_its_lease_through_stop_restart_and_p
             await asyncio.sleep(0.3)
         assert await bob.poll() is not None
         assert held_leases(hub, "bob") == []
+
+    asyncio.run(main())
+
+
+def test_a_profile_option_chosen_in_the_form_reaches_the_pod_on_the_cluster(
+    gpuslice_service, cluster, monkeypatch
+):
+    from kubernetes_asyncio.config import kube_config
+
+    monkeypatch.setenv("KUBECONFIG", cluster)
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", cluster)
+    # KubeSpawner's pod reflector is shared by the class and bound to the event loop that started
+    # it (a hub has one loop; each test here has its own): this test starts its own.
+    monkeypatch.setattr(KubeGPUSpawner, "reflectors", {})
+    hub = gpuslice_service
+
+    async def main():
+        try:
+            await choose(hub)
+        finally:
+            await KubeGPUSpawner._stop_all_reflectors()
+
+    async def choose(hub):
+        carol = spawner_for(hub, "carol", "a100-1-8-images")
+        carol.user_options = carol.options_from_form(
+            {"profile": ["a100-1-8-images"], "profile-option-a100-1-8-images--image": ["jax"]}
+        )
+        assert carol.user_options == {"profile": "a100-1-8-images", "image": "jax"}
+        await carol.start()
+        try:
+            pod = await read_pod(carol.pod_name)
+            container = pod["spec"]["containers"][0]
+            assert container["image"] == "registry.invalid/jax:2"
+            env = {item["name"]: item.get("value") for item in container["env"]}
+            assert env["XLA_FLAGS"] == "--xla_gpu_strict"
+            # The option changed the image; the slice is still the one the lease holds.
+            assert container["resources"]["limits"]["nvidia.com/mig-1g.10gb"] == "1"
+            assert pod["spec"]["nodeName"] == DEV_NODE
+            assert [lease["id"] for lease in held_leases(hub, "carol")] == [carol.lease_id]
+        finally:
+            await carol.stop()
+        assert await gone(carol.pod_name)
+        assert held_leases(hub, "carol") == []
+
+        # A choice the profile does not offer: 400 with the choices, no pod, no lease.
+        dave = spawner_for(hub, "dave", "a100-1-8-images")
+        dave.user_options = {"profile": "a100-1-8-images", "image": "tensorflow"}
+        with pytest.raises(SpawnRefused) as refused:
+            await dave.start()
+        assert refused.value.status_code == 400
+        assert "choose one of: torch, jax" in refused.value.jupyterhub_message
+        assert await read_pod(dave.pod_name) is None and held_leases(hub, "dave") == []
 
     asyncio.run(main())

@@ -82,7 +82,13 @@ def make_spawner(tmp_path, monkeypatch):
         made.profile_set = load_profiles(tmp_path / "profiles")
         return made
 
-    return make
+    # KubeSpawner loads the kubeconfig once per process (an lru_cache): this one names no server,
+    # so the tests after these must load theirs again.
+    from kubespawner.clients import load_config
+
+    load_config.cache_clear()
+    yield make
+    load_config.cache_clear()
 
 
 def test_the_pod_holds_the_slice_of_the_pools_backend_and_no_host_device(make_spawner):
@@ -167,3 +173,33 @@ def test_the_form_says_what_a_shared_or_kai_pool_does_not_enforce(make_spawner, 
         "cpu": "",
     }
     assert preselected == "cpu"
+
+
+def test_a_broken_watch_of_run_ends_makes_every_pass_poll_until_it_is_back(tmp_path):
+    """The scheduler's fallback: the executor's watch cannot reach its cluster (a kubeconfig naming
+    no server), so the scheduler polls every running job at each pass instead of hourly."""
+    from spawner.service.executor.kube import KubeJobExecutor
+    from spawner.service.scheduling import BatchScheduler
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(UNREACHABLE_KUBECONFIG)
+    executor = KubeJobExecutor(kubeconfig=str(kubeconfig), namespace="default", logs_dir=str(tmp_path))
+    scheduler = BatchScheduler(None, None, executor, resync_seconds=3600, watch_retry_seconds=0.1)
+
+    async def main():
+        scheduler._watching = True  # as if the watch had been open
+        assert scheduler._poll_due() is True, "the first pass polls"
+        assert scheduler._poll_due() is False, "then only an end reported by the watch, or the resync"
+        following = asyncio.get_running_loop().create_task(scheduler.follow_run_ends())
+        try:
+            for _ in range(200):
+                if not scheduler._watching:
+                    break
+                await asyncio.sleep(0.05)
+            return scheduler._watching, scheduler._poll_due(), scheduler._poll_due()
+        finally:
+            following.cancel()
+            await executor.close()
+
+    watching, first, second = asyncio.run(main())
+    assert (watching, first, second) == (False, True, True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import os
 from abc import ABCMeta, abstractmethod
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +143,13 @@ class Executor(LoggingConfigurable, metaclass=_AbstractConfigurable):
         What it asks for happens even if the service ends right after: a cancel answered to a user
         has already reached the job. Asking again does nothing more.
         """
+
+    def run_ends(self) -> AsyncIterator[str] | None:
+        """The ids of runs that ended, as a watch of the infrastructure reports them, for a
+        scheduler that then reads their status at once instead of asking about every running job
+        at every pass; a run may be named twice, or again after a break. None (this default) when
+        the executor has no such watch: the scheduler then asks at every pass."""
+        return None
 
     @abstractmethod
     def log_path(self, job_id: str) -> Path:

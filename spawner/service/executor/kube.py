@@ -12,10 +12,16 @@ a restarted service finds every run again by its labels:
 - stop (cancel, preemption, time limit): the Job is marked stopped and suspended, so the Job
   controller starts no pod for it again, and its pods are deleted with the grace period: the
   kubelet sends SIGTERM, waits, then SIGKILL, so a training loop has that long to checkpoint.
-  The Job object stays, so its end can still be read after a restart; ``forget`` deletes it.
+  Once its pods are gone and its end is kept (below) the executor deletes it: suspended, it never
+  finishes, so no TTL would.
 - status: from the Job's conditions and its pod's container state; a Job whose pod vanished
-  without an exit code (its node deleted) is ``lost``. ``follow`` streams every Job's status as it
-  changes, from a watch, for a service that reacts to ends rather than asking.
+  without an exit code (its node deleted) is ``lost``. ``run_ends`` reports the runs whose Job
+  ended, from a watch, so the service's scheduler polls a run when it ends rather than every run
+  at every pass (``follow`` streams every Job's status the same way).
+- ends kept: when ``status`` first finds a run ended, it copies the log to ``logs_dir``, writes the
+  end beside it, and only then gives a finished Job its ``ttlSecondsAfterFinished``
+  (``ttl_seconds_after_finished``), so finished Jobs do not pile up and a Job the TTL controller
+  removed still reads as ended after a service restart, never as lost.
 - logs: read from the API while the pod exists and copied to ``logs_dir``, so they outlive it.
 - payload (with ``payload_service_url``): a cell job's runner fetches its signed payload from the
   service (``GET api/v1/jobs/{id}/payload``) with a token scoped to that job and run
@@ -37,7 +43,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Float, List, Unicode, default
+from traitlets import Bool, Float, Int, List, Unicode, default
 
 from spawner.config.kube_backends import PoolBackend
 from spawner.config.profiles import load_profiles
@@ -174,6 +180,19 @@ class KubeJobExecutor(Executor):
         names the node, while a service without that watch still learns of the loss.""",
     ).tag(config=True)
 
+    ttl_seconds_after_finished = Int(
+        3600,
+        allow_none=True,
+        min=0,
+        help="""Seconds a finished Job (and its pod) stays in the cluster once the service has
+        read how it ended, as its `ttlSecondsAfterFinished`: without it finished Jobs and their
+        pods pile up in the namespace. It is set only after the service copied the log to
+        `logs_dir` and wrote down the end beside it, so a Job the TTL controller removed still
+        reads as ended (not lost) after a service restart. A stopped (cancelled, preempted) Job is
+        suspended and never finishes, so the executor deletes it itself at that point. None:
+        Jobs are kept until someone deletes them.""",
+    ).tag(config=True)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._deleted_nodes: dict[str, float] = {}  # node name -> when first found deleted (monotonic)
@@ -267,6 +286,7 @@ class KubeJobExecutor(Executor):
         # The log file is also the record that this executor started the run: a Job missing later
         # is then "lost" (deleted behind the service's back), not "unknown".
         await asyncio.to_thread(_write, self.log_path(spec.job_id), b"")
+        self.end_path(spec.job_id).unlink(missing_ok=True)  # a run started again under its id
         batch = await self._batch()
         for _attempt in range(2):
             try:
@@ -308,6 +328,9 @@ class KubeJobExecutor(Executor):
     async def status(self, job_id: str) -> ExecutionStatus:
         job = await self._read_job(job_id)
         if job is None:
+            ended = await asyncio.to_thread(_read_end, self.end_path(job_id))
+            if ended is not None:
+                return ended  # removed after its end was kept (ttl_seconds_after_finished)
             if self.log_path(job_id).exists():
                 return ExecutionStatus(ExecutionState.lost, None, None, False, False)
             raise UnknownJob(job_id)
@@ -317,7 +340,33 @@ class KubeJobExecutor(Executor):
             # The pod's node is gone: nothing runs it any more, though until the pod garbage
             # collector removes the pod (tens of seconds) the Job still counts it as active.
             return ExecutionStatus(ExecutionState.lost, None, None, False, status.stopped)
+        if status.state is not ExecutionState.running and not self.end_path(job_id).exists():
+            await self._keep_end(job_id, job, pods, status)
         return status
+
+    def end_path(self, job_id: str) -> Path:
+        """Where how a run ended is written once its log is copied: the Job may then be removed."""
+        return Path(self.logs_dir) / f"{label_value(job_id)}.end.json"
+
+    async def _keep_end(
+        self, job_id: str, job: dict[str, Any], pods: list[dict[str, Any]], status: ExecutionStatus
+    ) -> None:
+        """Copy the ended run's log and write down its end, then let the cluster remove its Job:
+        a finished one by the TTL controller after ``ttl_seconds_after_finished``, a stopped
+        (suspended, so never finished) one at once, once its pods are gone."""
+        if (job.get("status") or {}).get("active") or any(
+            (pod.get("status") or {}).get("phase") in ("Pending", "Running") for pod in pods
+        ):
+            return  # a stopped run's pod still in its grace period: its log is not complete yet
+        await self._save_log(job_id)
+        await asyncio.to_thread(_write_end, self.end_path(job_id), status)
+        if self.ttl_seconds_after_finished is None:
+            return
+        if job_status(job, []).stopped and not _finished(job):
+            await self.forget(job_id)
+        elif (job.get("spec") or {}).get("ttlSecondsAfterFinished") is None:
+            patch = {"spec": {"ttlSecondsAfterFinished": self.ttl_seconds_after_finished}}
+            await (await self._batch()).patch_namespaced_job(job_name(job_id), self.namespace, patch)
 
     async def _on_deleted_node(self, pods: list[dict[str, Any]]) -> bool:
         core = await self._core()
@@ -361,7 +410,24 @@ class KubeJobExecutor(Executor):
         return await self.status(job_id)
 
     async def follow(self, timeout_seconds: int = 300) -> AsyncIterator[tuple[str, ExecutionStatus]]:
-        """Every change of every gpuslice Job in the namespace, as ``(job id, status)``, until cancelled.
+        """Every change of every gpuslice Job in the namespace, as ``(job id, status)``, until cancelled."""
+        async for job in self._watch_jobs(timeout_seconds):
+            yield await self._followed(job)
+
+    def run_ends(self) -> AsyncIterator[str]:
+        """The runs whose Job the Job controller marked finished (or whose stop emptied it), from
+        the watch of :meth:`_watch_jobs`: the scheduler polls them as they end (a Job that ended
+        while the service was down is listed first), not every Job at every pass."""
+        return self._ended_runs()
+
+    async def _ended_runs(self) -> AsyncIterator[str]:
+        async for job in self._watch_jobs():
+            # The Job's own status is enough to know it ended; status() reads the exit code.
+            if job_status(job, []).state is not ExecutionState.running:
+                yield _run_of(job)
+
+    async def _watch_jobs(self, timeout_seconds: int = 300) -> AsyncIterator[dict[str, Any]]:
+        """Every gpuslice Job in the namespace as it changes (deletions left out), until cancelled.
 
         A watch on the Jobs this executor labels, so the service can react when a run ends
         instead of asking about each one; it lists first (so a restarted service sees every Job
@@ -381,7 +447,7 @@ class KubeJobExecutor(Executor):
                 listed = await _json_or_none(response) or {}
                 version = listed.get("metadata", {}).get("resourceVersion", "")
                 for job in listed.get("items", []):
-                    yield await self._followed(job)
+                    yield job
             stream = watch.Watch()
             try:
                 async for event in stream.stream(
@@ -396,7 +462,7 @@ class KubeJobExecutor(Executor):
                         raise ApiException(status=job.get("code", 500), reason=job.get("message", ""))
                     version = job["metadata"].get("resourceVersion", version)
                     if event["type"] != "DELETED":
-                        yield await self._followed(job)
+                        yield job
             except ApiException as error:
                 if error.status != 410:
                     raise
@@ -405,7 +471,7 @@ class KubeJobExecutor(Executor):
                 stream.stop()
 
     async def _followed(self, job: dict[str, Any]) -> tuple[str, ExecutionStatus]:
-        job_id = job["metadata"].get("annotations", {}).get(JOB_ID_ANNOTATION, job["metadata"]["name"])
+        job_id = _run_of(job)
         return job_id, await self.status(job_id)
 
     async def forget(self, job_id: str) -> None:
@@ -535,6 +601,11 @@ def job_status(job: dict[str, Any], pods: list[dict[str, Any]]) -> ExecutionStat
     return ExecutionStatus(ExecutionState.running, None, None, False, stopped)
 
 
+def _run_of(job: dict[str, Any]) -> str:
+    """The run id a Job was created for (its annotation: the name is escaped)."""
+    return job["metadata"].get("annotations", {}).get(JOB_ID_ANNOTATION, job["metadata"]["name"])
+
+
 async def _json_or_none(response: Any) -> dict[str, Any] | None:
     """The JSON of an unparsed API response; None for 404. Without content preloading the client
     raises on no status, so every other failure is raised here, with the API's own message."""
@@ -567,6 +638,32 @@ async def _delete_pod(core: Any, name: str, namespace: str, grace_s: float) -> N
     except ApiException as error:
         if error.status != 404:
             raise
+
+
+def _finished(job: dict[str, Any]) -> bool:
+    """Whether the Job controller marked the Job finished (what its TTL counts from)."""
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
+
+
+def _write_end(path: Path, status: ExecutionStatus) -> None:
+    record = {
+        "state": status.state.value,
+        "exit_code": status.exit_code,
+        "timed_out": status.timed_out,
+        "stopped": status.stopped,
+    }
+    _write(path, json.dumps(record).encode())
+
+
+def _read_end(path: Path) -> ExecutionStatus | None:
+    try:
+        record = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    return ExecutionStatus(
+        ExecutionState(record["state"]), record["exit_code"], None, record["timed_out"], record["stopped"]
+    )
 
 
 def _write(path: Path, content: bytes) -> None:

@@ -64,7 +64,7 @@ from .bulk_read import (
     read_json_objects,
     read_separated,
 )
-from .listed_objects import JobVersion, ListedObjects
+from .listed_objects import JobVersion, ListedObjects, job_version
 from .models import JobEventRow, JobRow, JobSubmissionRow, LeaseRow
 from .store import Ledger
 
@@ -680,11 +680,10 @@ class JobStore:
                 wanted = None if states is None else tuple(sorted(_state(state).value for state in states))
                 statement = _listing_versions(wanted, owner is not None, limit is not None)
                 values = read_separated(connection, statement, owner=owner, limit=limit)
-                created_at, ids, job_states, attempts = (values[offset::4] for offset in range(4))
-                versions = list(zip(ids, job_states, attempts, strict=True))
+                created_at, ids, job_states, versions = (values[offset::4] for offset in range(4))
                 objects = self.listed_objects.find(versions)
                 if None in objects:
-                    objects = self._written(connection, versions, objects)
+                    objects = self._written(connection, ids, versions, objects)
                 # Newest first, ties by id; built and sorted by C code, no Python step per job.
                 rows = sorted(
                     zip(map(float, created_at), ids, job_states, objects, strict=True), reverse=True
@@ -710,13 +709,17 @@ class JobStore:
         return self.ledger._read(work)
 
     def _written(
-        self, connection: Any, versions: Sequence[JobVersion], objects: Sequence[str | None]
+        self,
+        connection: Any,
+        ids: Sequence[str],
+        versions: Sequence[JobVersion],
+        objects: Sequence[str | None],
     ) -> list[str]:
-        """``objects`` (the kept JSON objects of a listing's ``versions``), with those not kept
-        written by SQLite, in the caller's read transaction, and kept from now on."""
-        missing = [version[0] for version, found in zip(versions, objects, strict=True) if found is None]
+        """``objects`` (the kept JSON objects of a listing's jobs, ``ids`` at ``versions``), with
+        those not kept written by SQLite, in the caller's read transaction, and kept from now on."""
+        missing = [job_id for job_id, found in zip(ids, objects, strict=True) if found is None]
         written = read_separated(connection, _json_objects_by_id(), ids=json.dumps(missing))
-        written_versions = zip(written[0::4], written[1::4], written[2::4], strict=True)
+        written_versions = map(job_version, written[0::4], written[1::4], written[2::4])
         fresh = dict(zip(written_versions, written[3::4], strict=True))
         self.listed_objects.keep(fresh)
         return [
@@ -845,9 +848,11 @@ def _implied_fields(target: JobState, at: float) -> dict[str, Any]:
 @functools.lru_cache(maxsize=64)
 def _listing_versions(states: tuple[str, ...] | None, by_owner: bool, limited: bool) -> Select:
     """Which job versions a SQLite listing of :meth:`JobStore.listing` shows, as one text
-    (created_at, id, state, attempts per job), built once per shape: ``owner`` and ``limit`` are
-    its parameters (constructing the statement cost more than running it)."""
-    query = select(JobRow.created_at, JobRow.id, JobRow.state, JobRow.attempts).order_by(
+    (created_at, id, state and :func:`~.listed_objects.job_version` per job), built once per
+    shape: ``owner`` and ``limit`` are its parameters (constructing the statement cost more than
+    running it)."""
+    version = JobRow.id + "/" + JobRow.state + "/" + cast(JobRow.attempts, Text)  # see job_version
+    query = select(JobRow.created_at, JobRow.id, JobRow.state, version).order_by(
         JobRow.created_at.desc(), JobRow.id.desc()
     )
     if by_owner:

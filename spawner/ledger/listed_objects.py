@@ -10,7 +10,9 @@ service under load. A job's row changes only through the job state machine
 the machine (queued, running, preempted, queued) passes through ``running``, which counts one more
 attempt. So ``(id, state, attempts)`` names one version of a row for good, whichever process wrote
 it: a kept object is served only for the very version it was written from, and a job that changed
-since is read again. Nothing here has to be told about writes.
+since is read again. Nothing here has to be told about writes. The database writes the version as
+one text (:func:`job_version`), so that finding a listing's kept objects is one lookup of one
+string per job.
 """
 
 from __future__ import annotations
@@ -19,8 +21,15 @@ import itertools
 import threading
 from collections.abc import Iterable, Mapping
 
-JobVersion = tuple[str, str, str]
-"""A job's id, state and attempts, as the listing's text has them."""
+JobVersion = str
+"""A job's id, state and attempts as one text, ``job-1f2e/queued/0`` (see :func:`job_version`)."""
+
+
+def job_version(job_id: str, state: str, attempts: str) -> JobVersion:
+    """The version text of a job, as the listing's statement writes it in SQL (ids and states
+    hold no ``/``)."""
+    return f"{job_id}/{state}/{attempts}"
+
 
 KEPT_OBJECTS = 20_000
 """How many job versions are kept at most, the oldest kept dropped first: twice the longest

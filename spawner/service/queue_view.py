@@ -48,11 +48,11 @@ class QueueSnapshot:
     reasons: Mapping[str, str] = field(default_factory=dict)
     _ahead: dict[str, int] = field(init=False, repr=False, compare=False)
     _own_rank: dict[str, int] = field(init=False, repr=False, compare=False)
-    _fields_everyone: dict[str, dict[str, object]] | None = field(
-        init=False, default=None, repr=False, compare=False
+    _fields_everyone: dict[str, Mapping[str, object]] = field(
+        init=False, default_factory=dict, repr=False, compare=False
     )
-    _fields_own: dict[str, dict[str, object]] | None = field(
-        init=False, default=None, repr=False, compare=False
+    _fields_own: dict[str, Mapping[str, object]] = field(
+        init=False, default_factory=dict, repr=False, compare=False
     )
     _listed_everyone: dict[str, tuple[str, str]] = field(
         init=False, default_factory=dict, repr=False, compare=False
@@ -90,19 +90,21 @@ class QueueSnapshot:
         position = ahead if everyone else self._own_rank[job_id]
         return QueuePlace(position, ahead, self.reasons[job_id], self.as_of)
 
-    def json_fields(self, job_id: str, everyone: bool) -> dict[str, object]:
+    def json_fields(self, job_id: str, everyone: bool) -> Mapping[str, object]:
         """The API's four queue fields of ``job_id`` (``queue_position``, ``jobs_ahead``,
         ``waiting_reason``, ``queue_as_of``), all null when the pass did not leave it waiting.
 
-        Made once per snapshot and view, on first use, and shared (callers copy them into their
-        answer): a listing asks for hundreds of jobs, and a pass serves many listings."""
+        Made per job and view on first use, and shared (callers copy them into their answer): a
+        pass serves many answers, and each names a few jobs of a queue of thousands (a submission
+        answers one, which is never in the snapshot)."""
         view = self._fields_everyone if everyone else self._fields_own
-        if view is None:
-            view = {}
-            for job_id_waiting in self.order:
-                view[job_id_waiting] = _queue_fields(self.place(job_id_waiting, everyone))
-            object.__setattr__(self, "_fields_everyone" if everyone else "_fields_own", view)
-        return view.get(job_id, NOT_WAITING)
+        fields = view.get(job_id)
+        if fields is None:
+            place = self.place(job_id, everyone)
+            if place is None:
+                return NOT_WAITING
+            fields = view[job_id] = _queue_fields(place)
+        return fields
 
     def json_members(self, job_id: str, everyone: bool) -> str:
         """:meth:`json_fields` as the members of a JSON object (``"queue_position":3,...``, no

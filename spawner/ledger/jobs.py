@@ -666,45 +666,33 @@ class JobStore:
         ``JobRecord.to_dict(include_provenance=False)``, read straight from ``LISTING_COLUMNS``.
 
         The listing endpoint's path: a user's listing returns hundreds of jobs, which are only
-        passed on to the client. SQLite writes each job's JSON itself (see
+        passed on to the client, and a listing shows mostly the jobs the one before it showed. It
+        reads which versions of the jobs it shows (see :mod:`.listed_objects`) and has only the
+        versions not listed before written as JSON, in the same read transaction, so that both
+        reads see the same rows. SQLite writes those objects itself (see
         :func:`~.bulk_read.as_separated_json_objects`), so that no Python object is made per
         field, neither here nor to encode the answer; other databases' rows are encoded here.
-        On SQLite the listing first reads which versions of the jobs it shows (see
-        :mod:`.listed_objects`), and has only the versions not listed before written, in the
-        same read transaction, so that both reads see the same rows.
         """
 
         def work(session: Session) -> list[ListedJob]:
             connection = session.connection()
+            wanted = None if states is None else tuple(sorted(_state(state).value for state in states))
+            query = _listing_versions(wanted, owner is not None, limit is not None)
+            parameters = {"owner": owner, "limit": limit}
+            created_at: Iterable[float]
             if one_step_reads(connection):
-                wanted = None if states is None else tuple(sorted(_state(state).value for state in states))
-                statement = _listing_versions(wanted, owner is not None, limit is not None)
-                values = read_separated(connection, statement, owner=owner, limit=limit)
-                created_at, ids, job_states, versions = (values[offset::4] for offset in range(4))
-                objects = self.listed_objects.find(versions)
-                if None in objects:
-                    objects = self._written(connection, ids, versions, objects)
-                # Newest first, ties by id; built and sorted by C code, no Python step per job.
-                rows = sorted(
-                    zip(map(float, created_at), ids, job_states, objects, strict=True), reverse=True
-                )
-                return list(map(_listed_job, rows))
-            result = connection.execute(_list_query(_LISTING_SELECT, owner, states, limit))
-            names = tuple(result.keys())
-            json_at = [names.index(name) for name in _JSON_FIELDS]
-            decoded: dict[str, Any] = {}  # most jobs' environments and GPU lists are alike
-            jobs = []
-            for row in result:
-                values = list(row)
-                for at in json_at:
-                    text = values[at]
-                    value = decoded.get(text) if isinstance(text, str) else text
-                    if value is None:
-                        value = decoded[text] = json.loads(text)
-                    values[at] = value
-                job = dict(zip(names, values, strict=True))
-                jobs.append(ListedJob(job["created_at"], job["id"], job["state"], orjson.dumps(job).decode()))
-            return jobs
+                values = read_separated(connection, _listing_versions_text(query), **parameters)
+                texts, ids, job_states, versions = (values[offset::4] for offset in range(4))
+                created_at = map(float, texts)
+            else:
+                rows = connection.execute(query, parameters).all()
+                created_at, ids, job_states, versions = ([row[offset] for row in rows] for offset in range(4))
+            objects = self.listed_objects.find(versions)
+            if None in objects:
+                objects = self._written(connection, ids, versions, objects)
+            # Newest first, ties by id; built and sorted by C code, no Python step per job.
+            listed = sorted(zip(created_at, ids, job_states, objects, strict=True), reverse=True)
+            return list(map(_listed_job, listed))
 
         return self.ledger._read(work)
 
@@ -716,11 +704,16 @@ class JobStore:
         objects: Sequence[str | None],
     ) -> list[str]:
         """``objects`` (the kept JSON objects of a listing's jobs, ``ids`` at ``versions``), with
-        those not kept written by SQLite, in the caller's read transaction, and kept from now on."""
+        those not kept written, in the caller's read transaction, and kept from now on."""
         missing = [job_id for job_id, found in zip(ids, objects, strict=True) if found is None]
-        written = read_separated(connection, _json_objects_by_id(), ids=json.dumps(missing))
-        written_versions = map(job_version, written[0::4], written[1::4], written[2::4])
-        fresh = dict(zip(written_versions, written[3::4], strict=True))
+        if one_step_reads(connection):
+            written = read_separated(connection, _json_objects_by_id(), ids=json.dumps(missing))
+            written_versions = map(job_version, written[0::4], written[1::4], written[2::4])
+            fresh = dict(zip(written_versions, written[3::4], strict=True))
+        else:
+            fresh = _encoded_objects(
+                connection.execute(select(*_LISTING_SELECT).where(JobRow.id.in_(missing)))
+            )
         self.listed_objects.keep(fresh)
         return [
             fresh[version] if found is None else found
@@ -847,10 +840,9 @@ def _implied_fields(target: JobState, at: float) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=64)
 def _listing_versions(states: tuple[str, ...] | None, by_owner: bool, limited: bool) -> Select:
-    """Which job versions a SQLite listing of :meth:`JobStore.listing` shows, as one text
-    (created_at, id, state and :func:`~.listed_objects.job_version` per job), built once per
-    shape: ``owner`` and ``limit`` are its parameters (constructing the statement cost more than
-    running it)."""
+    """Which job versions a listing of :meth:`JobStore.listing` shows: created_at, id, state and
+    :func:`~.listed_objects.job_version` per job, newest first. Built once per shape: ``owner``
+    and ``limit`` are its parameters (constructing the statement cost more than running it)."""
     version = JobRow.id + "/" + JobRow.state + "/" + cast(JobRow.attempts, Text)  # see job_version
     query = select(JobRow.created_at, JobRow.id, JobRow.state, version).order_by(
         JobRow.created_at.desc(), JobRow.id.desc()
@@ -861,6 +853,13 @@ def _listing_versions(states: tuple[str, ...] | None, by_owner: bool, limited: b
         query = query.where(JobRow.state.in_(states))
     if limited:
         query = query.limit(bindparam("limit", type_=Integer))
+    return query
+
+
+@functools.lru_cache(maxsize=64)
+def _listing_versions_text(query: Select) -> Select:
+    """:func:`_listing_versions`'s query as one text, for SQLite (see
+    :func:`~.bulk_read.as_separated_values`), built once per query."""
     return as_separated_values(query)
 
 
@@ -878,6 +877,26 @@ def _json_queue() -> Select:
     """The scheduler's queue (``QUEUE_COLUMNS``, oldest first) as one JSON text, for SQLite."""
     columns = [column.label(f"c{index}") for index, column in enumerate(QUEUE_COLUMNS)]
     return as_json_objects(select(*columns).where(JobRow.state == JobState.queued.value))
+
+
+def _encoded_objects(result: Any) -> dict[JobVersion, str]:
+    """Rows of ``_LISTING_SELECT`` as a listing's JSON objects by version, encoded here (databases
+    other than SQLite)."""
+    names = tuple(result.keys())
+    json_at = [names.index(name) for name in _JSON_FIELDS]
+    decoded: dict[str, Any] = {}  # most jobs' environments and GPU lists are alike
+    objects = {}
+    for row in result:
+        values = list(row)
+        for at in json_at:
+            text = values[at]
+            value = decoded.get(text) if isinstance(text, str) else text
+            if value is None:
+                value = decoded[text] = json.loads(text)
+            values[at] = value
+        job = dict(zip(names, values, strict=True))
+        objects[job_version(job["id"], job["state"], str(job["attempts"]))] = orjson.dumps(job).decode()
+    return objects
 
 
 def _list_query(

@@ -850,7 +850,9 @@ def _listing_versions(states: tuple[str, ...] | None, by_owner: bool, limited: b
     if by_owner:
         query = query.where(JobRow.owner == bindparam("owner"))
     if states is not None:
-        query = query.where(JobRow.state.in_(states))
+        # One parameter per state, each with its value (not an expanding list): the statement
+        # is built per tuple of states anyway, and SQLite then runs it as compiled once.
+        query = query.where(JobRow.state.in_([literal(state) for state in states]))
     if limited:
         query = query.limit(bindparam("limit", type_=Integer))
     return query

@@ -5,8 +5,9 @@ again.
 A user's listing (``GET jobs``) shows up to hundreds of jobs, and a notebook or a page asks for it
 again every few seconds, while most of those jobs have not changed. Writing every listed job as
 JSON again (SQLite writes it, other databases' rows are encoded by the service) cost several
-milliseconds of CPU per listing, the largest single cost of the service under load. A job's row changes only through the job state machine
-(:meth:`~.jobs.JobStore.transition`), and every transition changes its state; the one cycle of
+milliseconds of CPU per listing, the largest single cost of the service under load. A job's row
+changes only through the job state machine (:meth:`~.jobs.JobStore.transition`), and every
+transition changes its state; the one cycle of
 the machine (queued, running, preempted, queued) passes through ``running``, which counts one more
 attempt. So ``(id, state, attempts)`` names one version of a row for good, whichever process wrote
 it: a kept object is served only for the very version it was written from, and a job that changed

@@ -242,7 +242,7 @@ class Inventory(Configurable):
         except Exception as error:
             where = self.kubeconfig or "the in-cluster service account, $KUBECONFIG or ~/.kube/config"
             raise InventoryConfigError(
-                "Inventory", [f"Inventory.source is \"kubernetes\" but {where} could not be read: {error}"]
+                "Inventory", [f'Inventory.source is "kubernetes" but {where} could not be read: {error}']
             ) from error
         cluster = ClusterNodes(
             api_client,

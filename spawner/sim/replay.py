@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from statistics import fmean
@@ -22,7 +22,7 @@ import numpy as np
 
 from spawner.core.cluster import ClusterState
 from spawner.core.placement import POLICIES, get_policy
-from spawner.core.units import MILLI_PER_GPU, Node
+from spawner.core.units import MILLI_PER_GPU, Node, SliceRequest
 
 from .openb import TracePod
 
@@ -104,8 +104,18 @@ def workload_mix(pods: Sequence[TracePod]) -> list[tuple]:
     return list(Counter(pod.request for pod in pods).items())
 
 
+ArrivalObserver = Callable[[SliceRequest, bool, int, ClusterState], None]
+"""Called after each arrival with the request, whether it was placed, the GPU demand arrived so far
+(milli-GPU, this task included) and the cluster as it stands: for analyses that need more than the
+figures a replay returns (``spawner.sim.headroom``)."""
+
+
 def replay(
-    nodes: Sequence[Node], pods: Sequence[TracePod], policy_name: str, seed: int = FIRST_SEED
+    nodes: Sequence[Node],
+    pods: Sequence[TracePod],
+    policy_name: str,
+    seed: int = FIRST_SEED,
+    observe: ArrivalObserver | None = None,
 ) -> ReplayResult:
     cluster = ClusterState(nodes)
     policy = get_policy(policy_name, workload_mix(pods), seed=seed)
@@ -126,6 +136,8 @@ def replay(
         demand += request.total_milli
         arrived[index] = demand
         allocated[index] = used
+        if observe is not None:
+            observe(request, placement is not None, demand, cluster)
     final = cluster.allocation_ratio()
     curve = allocation_curve(arrived, allocated, cluster.total_gpus)
     capacity = cluster.total_gpus * MILLI_PER_GPU

@@ -394,7 +394,7 @@ def test_the_run_directorys_records_are_never_written_or_read_through_a_link(tmp
     """The run directory is root's alone; should a link appear there anyway, it is not followed."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / f".{jobdir.EXIT}.{os.getpid()}.tmp").symlink_to(secrets_dir / "victim")
+    (run / f".{jobdir.EXIT}.{os.getpid()}.{threading.get_ident()}.tmp").symlink_to(secrets_dir / "victim")
     with pytest.raises(OSError, match="Too many levels of symbolic links"):
         jobdir.write_json_atomically(run / jobdir.EXIT, {"exit_code": 0})
     (run / jobdir.SPEC).symlink_to(secrets_dir / "victim")
@@ -411,6 +411,31 @@ def test_the_run_directorys_records_are_never_written_or_read_through_a_link(tmp
         JobSupervisor(run, ["true"])  # it appends the job's output to its log as root
     assert (secrets_dir / "victim").read_bytes() == ORIGINAL
     assert (secrets_dir / "secret").read_bytes() == SECRET
+
+
+def test_writers_racing_on_one_record_each_write_it_whole(tmp_path):
+    # A preemption's stop request and a cancel's can be written at once from two threads of the
+    # service: each must land whole (the last one winning), and neither may fail.
+    target = tmp_path / jobdir.STOP_REQUEST
+    failures: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def write(writer: int) -> None:
+        start.wait()
+        for attempt in range(200):
+            try:
+                jobdir.write_json_atomically(target, {"writer": writer, "attempt": attempt})
+            except OSError as error:
+                failures.append(error)
+
+    threads = [threading.Thread(target=write, args=(writer,)) for writer in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert jobdir.read_json(target)["attempt"] == 199
+    assert [path.name for path in tmp_path.iterdir()] == [jobdir.STOP_REQUEST]
 
 
 # ------------------------------------------------------------------- the job service's files

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,13 @@ def nofollow(path: str | os.PathLike, flags: int) -> int:
 
 
 def write_json_atomically(path: Path, record: dict[str, Any]) -> None:
-    """Write ``record`` so that a concurrent reader sees either nothing or all of it."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write ``record`` so that a concurrent reader sees either nothing or all of it.
+
+    Each writer has a temporary file of its own (named by process and thread), so that writers
+    racing on one record (a preemption's stop request and a cancel's, say) each rename a whole
+    file, the last one winning, instead of one renaming away the other's half-written one.
+    """
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(partial, "w", encoding="utf-8", opener=nofollow) as file:
         json.dump(record, file)
         file.flush()

@@ -18,10 +18,10 @@ the last pass. :class:`IncrementalScheduler` takes the same arguments and return
   between two starts the cluster and the groups' holdings do not change, so once a kind of job
   found no room, and has nobody to preempt and no reservation to make, every later job of that
   kind would be left waiting with the same reason; the pass records them as one range instead of
-  looking at each. Each priority level is walked twice (the jobs within their group's guarantee,
-  then the borrowers; see :func:`~spawner.core.scheduler.decide`): the first walk notes, per kind,
-  from which job on its group's guarantee no longer covers it, and the second walk looks only at
-  those jobs, so neither walk looks at a job twice.
+  looking at each. The queue is walked twice (every level's jobs within their group's guarantee,
+  then every level's borrowers; see :func:`~spawner.core.scheduler.decide`): the first walk
+  notes, per kind, from which job on its group's guarantee no longer covers it, and the second
+  walk looks only at those jobs, so neither walk looks at a job twice.
 
 The decisions are the reference's, not an approximation of them: ``tests/core/
 test_scheduler_incremental.py`` drives random submissions, finishes, cancellations and capacity

@@ -4,16 +4,17 @@ Pure and clock-injected (``now`` is an argument), so a pass is tested and measur
 on a clock; the service turns its decisions into job processes and leases. The rules, in the order
 they apply:
 
-1. **Strict priority** between levels (``high`` > ``normal`` > ``low``).
-2. **Fair share** between groups inside a level: the group with the least decayed GPU usage per
+1. **Guarantee before borrowing**: a group's jobs up to its guaranteed GPUs run as of right;
+   beyond it they borrow idle capacity up to the borrowing limit and are preemptible. A job inside
+   its group's guarantee that finds no room preempts borrowed jobs of other groups, of any
+   priority. The pass places every job within its group's guarantee before any borrower, so a
+   guaranteed job that preempted borrowers, or waits for GPUs being stopped for it, gets those
+   GPUs when they come back, instead of a borrower requeued ahead of it (in fair order, or at a
+   higher priority) taking them and the job preempting the next borrower, pass after pass.
+2. **Strict priority** between levels (``high`` > ``normal`` > ``low``), among the guaranteed
+   jobs and among the borrowers.
+3. **Fair share** between groups inside a level: the group with the least decayed GPU usage per
    unit of guaranteed quota goes first, then submission order.
-3. **Guarantee and borrowing**: a group's jobs up to its guaranteed GPUs run as of right; beyond
-   it they borrow idle capacity up to the borrowing limit and are preemptible. A job inside its
-   group's guarantee that finds no room preempts borrowed jobs of other groups. Inside a level
-   the jobs within their group's guarantee are placed first (in fair order), then the borrowers
-   (in fair order): so a guaranteed job that preempted borrowers, or waits for GPUs being stopped
-   for it, gets those GPUs when they come back, instead of a borrower requeued ahead of it in fair
-   order taking them and the job preempting the next borrower, pass after pass.
 4. **Gangs**: all GPUs of a job are on one node, or the job waits.
 5. **Backfill**: once the first job that cannot start has a reservation (the node and the time
    its GPUs are expected free, from the running jobs' time limits), later jobs start only where
@@ -21,8 +22,8 @@ they apply:
 6. **Idle dev GPUs**: preemptible jobs that find no training GPU may run on idle dev-pool GPUs,
    and give them back when a user asks for an interactive slice (``reclaim_for_interactive``).
 
-One pass is :func:`decide`, walking each priority level of the queue twice in fair-share order
-(the jobs within their guarantee, then the borrowers). :func:`schedule` builds that
+One pass is :func:`decide`, walking the queue twice, level by level in fair-share order (the jobs
+within their guarantee, then the borrowers). :func:`schedule` builds that
 from its arguments and is the reference; :class:`~spawner.core.incremental.IncrementalScheduler`,
 which the service uses, keeps the sorted queue and the cluster between passes and lets the same
 walk skip, as ranges, the jobs that cannot start (see ``_Pass``): the decisions are the same.
@@ -352,16 +353,25 @@ def decide(
     starts it decides stay allocated on ``cluster``. Runs with ``positions`` let it skip the jobs
     that cannot start.
 
-    Each priority level is walked twice, in fair order both times: first its jobs within their
-    group's guarantee (as the group's holdings stand when the walk reaches them), then the rest,
-    the borrowers. A guaranteed job that preempted borrowers, or counts on GPUs being stopped for
-    it, is thus placed before any borrower of its level in every later pass: when those GPUs come
-    back it takes them, instead of a borrower requeued ahead of it in fair order taking them and
-    the job preempting yet another borrower, pass after pass, without ever starting.
+    The queue is walked twice, each time level by level from the highest, in fair order: first
+    the jobs within their group's guarantee (as the group's holdings stand when the walk reaches
+    them), then the rest, the borrowers. A guaranteed job that preempted borrowers, or counts on
+    GPUs being stopped for it, is thus placed before every borrower in every later pass: when
+    those GPUs come back it takes them, instead of a borrower requeued ahead of it (in fair order,
+    or at a higher priority) taking them and the job preempting yet another borrower, pass after
+    pass, without ever starting. Priority orders the guaranteed jobs among themselves and the
+    borrowers among themselves; it does not let borrowed work take GPUs a guarantee needs.
     """
     state = _Pass(cluster, policy, running, shares, now, stopping)
     decision = state.decision
+    # What each level's first walk leaves to the second: its borrowers' ids in queue order, and
+    # either the borrowers themselves (runs without positions) or, per run, the job key from whose
+    # index on its jobs are borrowers (runs with positions: a group's guaranteed holdings only
+    # grow within a pass, so once a key's job is not within the guarantee, none of its later jobs
+    # is).
+    second_walks: list[tuple[list[str], list[BatchJob], list[tuple[QueueRun, dict[tuple, int]]]]] = []
     for level in _levels(runs):
+        later_ids: list[str] = []
         if all(run.positions is None for run in level):
             later: list[BatchJob] = []
             for run in level:
@@ -371,29 +381,26 @@ def decide(
                         state.consider(job)
                     else:
                         later.append(job)
-            state.dead = {}
-            for job in later:
-                decision.order.append(job.id)
-                state.consider(job)
+                        later_ids.append(job.id)
+            second_walks.append((later_ids, later, []))
             continue
-        # Per run, the job key (see QueueRun) from whose index on its jobs are borrowers: a group's
-        # guaranteed holdings only grow within a pass, so once a key's job is not within the
-        # guarantee, none of its later jobs is.
-        deferred: list[dict[tuple, int]] = []
+        deferred: list[tuple[QueueRun, dict[tuple, int]]] = []
         for run in level:
             run_deferred: dict[tuple, int] = {}
-            deferred.append(run_deferred)
             state.walk(run, run_deferred, None)
-        second: list[str] = []
-        for run, run_deferred in zip(level, deferred, strict=True):
-            first, later_ids = _split_ids(run, run_deferred)
+            first, run_later = _split_ids(run, run_deferred)
             decision.order.extend(first)
-            second.extend(later_ids)
-        decision.order.extend(second)
-        state.dead = {}
-        for run, run_deferred in zip(level, deferred, strict=True):
+            later_ids.extend(run_later)
             if run_deferred:
-                state.walk(run, None, run_deferred)
+                deferred.append((run, run_deferred))
+        second_walks.append((later_ids, [], deferred))
+    state.dead = {}
+    for later_ids, later, deferred in second_walks:
+        decision.order.extend(later_ids)
+        for job in later:
+            state.consider(job)
+        for run, run_deferred in deferred:
+            state.walk(run, None, run_deferred)
     return decision
 
 
@@ -456,8 +463,8 @@ class _Pass:
         self.decision = Decision()
         self.waiting = WaitingJobs()
         self.decision.waiting = self.waiting
-        # Jobs left waiting so far, per priority level: the queue is sorted by priority first, so
-        # the jobs of higher levels ahead of a job are all the waiting ones of those levels.
+        # Jobs left waiting so far, per priority level: the jobs of higher levels ahead of a job
+        # are all the waiting ones of those levels (each walk goes from the highest level down).
         self.waiting_per_level: dict[Priority, int] = defaultdict(int)
         self.borrowed_on = _borrowed_by_node(running, stopping)
         # Shapes that found no room since the last start: the cluster has not changed for them, so
@@ -487,6 +494,11 @@ class _Pass:
         # Job keys that can do nothing until the next start, with their waiting reason: replaced
         # (not emptied: skipped ranges keep the old one) at every start.
         self.dead: dict[tuple, tuple[bool, str]] = {}
+
+    def higher_waiting(self, priority: Priority) -> int:
+        """How many jobs of a higher priority than ``priority`` the pass has left waiting so far
+        (in its second walk, lower levels' guaranteed jobs are waiting ahead too, uncounted)."""
+        return sum(count for level, count in self.waiting_per_level.items() if level > priority)
 
     def within_guarantee(self, job: BatchJob) -> bool:
         """Whether ``job`` would start within its group's guarantee, as the group's holdings stand."""
@@ -563,10 +575,7 @@ class _Pass:
             self.no_room.add(shape)
         with_counts, reason = self.reason_head(job, may_borrow)
         if with_counts:
-            same = self.waiting_per_level[job.priority]
-            # Every job left waiting so far is of this level or a higher one (the queue is in
-            # priority order): those not of this level are the ones of higher priority.
-            reason += _ahead(len(self.waiting) - same, same)
+            reason += _ahead(self.higher_waiting(job.priority), self.waiting_per_level[job.priority])
         self.waiting_per_level[job.priority] += 1
         if blocked_by_reservation:
             reason = _held_back(job, decision.reservation, now) + reason
@@ -746,10 +755,9 @@ class _Pass:
         priority = jobs[start].priority
         same = self.waiting_per_level[priority]
         position = len(self.waiting)
+        higher = self.higher_waiting(priority)
         self.waiting.add_range(
-            _SkippedRange(
-                jobs, start, stop, position, position - same, same, self.dead, count, deferred, since
-            )
+            _SkippedRange(jobs, start, stop, position, higher, same, self.dead, count, deferred, since)
         )
         self.waiting_per_level[priority] += count
 

@@ -92,6 +92,35 @@ def test_guarantee_is_reclaimed_by_preempting_borrowed_work():
     assert decision.waiting["a1"].reason.startswith("waiting for 2 borrowed job(s) to stop")
 
 
+def test_every_guaranteed_job_is_considered_before_any_borrower_whatever_its_priority():
+    # One GPU, held within group a's guarantee of 2. a2 (normal) is within the guarantee, x1
+    # (high) would borrow: a2 comes first, and neither counts the other as of higher priority.
+    nodes = train_nodes(1, gpus=1)
+    shares = {"a": GroupShare(guaranteed_gpus=2), "x": GroupShare(guaranteed_gpus=0)}
+    held = [running_on(job("a1", group="a"), "t0", [0])]
+    queue = [job("x1", group="x", priority=Priority.high, at=1), job("a2", group="a", at=2)]
+    decision = schedule(nodes, held, queue, shares, {}, now=10)
+    assert decision.starts == [] and decision.preemptions == []
+    assert decision.order == ["a2", "x1"]
+    assert [decision.waiting[name].position for name in ("a2", "x1")] == [0, 1]
+    assert "ahead" not in decision.waiting["a2"].reason
+    assert "ahead" not in decision.waiting["x1"].reason
+    # With a second high-priority borrower, it counts x1 (same priority), not a2 (lower).
+    decision = schedule(
+        nodes, held, [*queue, job("x2", group="x", priority=Priority.high, at=3)], shares, {}, now=10
+    )
+    assert decision.order == ["a2", "x1", "x2"]
+    assert decision.waiting["x2"].reason.endswith("; 1 job of the same priority ahead")
+
+
+def test_a_guaranteed_job_preempts_a_borrower_of_higher_priority():
+    nodes = train_nodes(1, gpus=1)
+    shares = {"a": GroupShare(guaranteed_gpus=1), "x": GroupShare(guaranteed_gpus=0)}
+    borrowed = [running_on(job("x1", group="x", priority=Priority.high), "t0", [0], borrowed=True)]
+    decision = schedule(nodes, borrowed, [job("a1", group="a")], shares, {}, now=10)
+    assert [p.job_id for p in decision.preemptions] == ["x1"]
+
+
 def test_guaranteed_work_is_never_preempted_and_own_group_is_spared():
     nodes = train_nodes(1, gpus=1)
     shares = {"a": GroupShare(guaranteed_gpus=1), "b": GroupShare(guaranteed_gpus=1)}

@@ -2,9 +2,9 @@
 
 Pass after pass, as the service runs them: each pass's starts run, its preemptions stop their
 jobs after a grace period and queue them again. A group whose jobs are requeued ahead of the
-guaranteed job in fair order (it used less) must not take those GPUs back as borrowed work, or
-the guaranteed job preempts the next borrower, and so on for ever: it never starts, and each
-borrower loses its work every round.
+guaranteed job (it used less, or its jobs have a higher priority) must not take those GPUs back as
+borrowed work, or the guaranteed job preempts the next borrower, and so on for ever: it never
+starts, and each borrower loses its work every round.
 """
 
 import pytest
@@ -22,14 +22,16 @@ class Lab:
     """One node of two training GPUs, both held by group ``x``'s borrowed jobs; group ``a`` is
     guaranteed one GPU and has used more, so fair share puts ``x``'s queued jobs first."""
 
-    def __init__(self, decide):
+    def __init__(self, decide, borrower_priority=Priority.normal):
         self.decide = decide
         self.nodes = train_nodes(1, gpus=2)
         self.shares = {"a": GroupShare(guaranteed_gpus=1), "x": GroupShare(guaranteed_gpus=0)}
         self.usage = {"a": 1000.0, "x": 0.0}
         self.running = [
-            running_on(job("x1", group="x", at=0), "t0", [0], started_at=1, borrowed=True),
-            running_on(job("x2", group="x", at=1), "t0", [1], started_at=2, borrowed=True),
+            running_on(
+                job(name, group="x", at=at, priority=borrower_priority), "t0", [at], at + 1, borrowed=True
+            )
+            for at, name in enumerate(("x1", "x2"))
         ]
         self.queue = [job("a1", group="a", at=5, priority=Priority.normal)]
         self.stop_at: dict[str, float] = {}  # job id -> when its grace period ends
@@ -54,16 +56,18 @@ class Lab:
             self.preemptions += 1
 
 
+@pytest.mark.parametrize("borrower_priority", [Priority.normal, Priority.high])
 @pytest.mark.parametrize("form", ["schedule", "incremental"])
-def test_the_guaranteed_job_starts_on_the_gpu_it_preempted_for(form):
+def test_the_guaranteed_job_starts_on_the_gpu_it_preempted_for(form, borrower_priority):
     decide = schedule if form == "schedule" else IncrementalScheduler().schedule
-    lab = Lab(decide)
+    lab = Lab(decide, borrower_priority)
     now = 10.0
     for _ in range(100):  # 200 s: several grace periods
         lab.run_pass(now)
         now += PASS_INTERVAL_S
     # One borrower was stopped for a1 (the newest, x2), and a1 started on its GPU once it came
-    # back, within its guarantee; x2 waits, queued again, for a GPU nobody is guaranteed.
+    # back, within its guarantee; x2 waits, queued again, for a GPU nobody is guaranteed. A
+    # borrower's higher priority does not let it take back the GPU a guarantee reclaimed.
     assert lab.preemptions == 1
     assert "a1" in lab.started and lab.started["a1"] <= 10.0 + GRACE_S + PASS_INTERVAL_S
     a1 = next(held for held in lab.running if held.job.id == "a1")
@@ -71,7 +75,8 @@ def test_the_guaranteed_job_starts_on_the_gpu_it_preempted_for(form):
     assert [queued.id for queued in lab.queue] == ["x2"]
 
 
-def test_both_forms_decide_every_pass_of_the_cycle_alike():
+@pytest.mark.parametrize("borrower_priority", [Priority.normal, Priority.high])
+def test_both_forms_decide_every_pass_of_the_cycle_alike(borrower_priority):
     incremental = IncrementalScheduler()
     decisions: list[tuple] = []
 
@@ -82,7 +87,7 @@ def test_both_forms_decide_every_pass_of_the_cycle_alike():
         decisions.append((len(decided.starts), len(decided.preemptions)))
         return expected
 
-    lab = Lab(both)
+    lab = Lab(both, borrower_priority)
     now = 10.0
     for _ in range(40):
         lab.run_pass(now)

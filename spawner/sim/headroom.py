@@ -5,8 +5,8 @@ FGD leaves is recoverable at all. When a replay reaches a point (100% or 130% of
 arrived), what is unallocated is the free capacity of GPUs that hold fractional tasks, plus idle
 GPUs that no arriving task could take (their node's CPU is used up, or their model is not the one
 asked for). Whole-GPU tasks and gangs leave nothing free on the GPUs they take. So the question is
-how tightly the fractional tasks that were placed could have been packed. Two figures answer it,
-for exactly those tasks:
+how tightly the fractional tasks that were placed could have been packed. Three figures answer
+it, for exactly those tasks:
 
 - ``packed_waste``: the free capacity left on the GPUs that hold fractions when the same tasks are
   packed offline, largest first, each onto the GPU that it leaves with the least room (best-fit
@@ -26,7 +26,8 @@ for exactly those tasks:
   over ``g``. On the openb traces it is set by the 0.81-GPU tasks, whose 0.19-GPU gaps only the
   rare tasks of 0.19 GPU or less can fill.
 
-``headroom`` replays a trace with a policy and reports both beside what the policy left.
+``headroom`` replays a trace with a policy and reports the three beside what the policy left
+(``benchmarks/placement_headroom.py`` prints them per trace).
 """
 
 from __future__ import annotations
